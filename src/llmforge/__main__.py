@@ -1,0 +1,5 @@
+"""`python -m llmforge` runs the CLI."""
+
+from llmforge.cli import main
+
+main()

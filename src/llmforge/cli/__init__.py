@@ -1,0 +1,83 @@
+"""The `llmforge` command: one Typer app; each package contributes its sub-commands.
+
+Errors become one line on stderr and exit code 1 (`--debug` or LLMFORGE_DEBUG=1 shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmforge import __version__
+from llmforge.core.cli import ConfigOption, settings_for
+from llmforge.core.errors import LLMForgeError
+from llmforge.gateway.cli import chat
+from llmforge.models.cli import app as models_app
+from llmforge.traces.cli import app as traces_app
+
+app = typer.Typer(
+    name="llmforge",
+    help="LLMForge: a self-hosted LLM platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models_app, name="models")
+app.add_typer(traces_app, name="traces")
+app.command()(chat)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    ctx.obj = {"config": config, "debug": debug}
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+) -> None:
+    """Start the OpenAI-compatible API and the web UI."""
+    import uvicorn
+
+    from llmforge.ui import create_web_app
+
+    settings = settings_for(ctx, config)
+    host = host or settings.server.host
+    port = port if port is not None else settings.server.port
+    web = create_web_app(settings)
+    typer.echo(
+        f"LLMForge {__version__}: chat at http://{host}:{port}/  API at http://{host}:{port}/v1"
+    )
+    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv or os.environ.get("LLMFORGE_DEBUG") == "1"
+    try:
+        app()
+    except LLMForgeError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {e.message}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["Path", "app", "main"]

@@ -1,0 +1,87 @@
+"""Schema of the sections of `llmforge.yaml` (every key optional; the defaults run fully offline).
+
+Only shapes and per-field checks live here; loading, environment overrides and cross-field checks
+are in `settings.py`. Unknown keys are rejected so a typo never silently does nothing. Every key is
+documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(Section):
+    """USD per million tokens."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class ModelConfig(Section):
+    """One chat model clients can name. Which keys matter depends on the provider (see docs)."""
+
+    name: str = Field(min_length=1, description="what clients send as `model`")
+    provider: str = Field(min_length=1, description="a name in the `llmforge.models` registry")
+    path: str | None = Field(
+        None, description="GGUF file or HF folder; `builtin:smollm2` is built in"
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible server, e.g. http://host:8000/v1"
+    )
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    model_id: str | None = Field(
+        None, description="the model's name on the upstream (default: name)"
+    )
+    timeout_s: float = Field(60.0, gt=0)
+    context_length: int | None = Field(None, gt=0, description="context window in tokens")
+    threads: int | None = Field(None, gt=0, description="CPU threads for local inference")
+    max_queue: int = Field(16, ge=0, description="requests that may wait for a busy local model")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the model's"
+    )
+    fallbacks: list[str] = Field(default_factory=list)
+    price: Price = Field(default_factory=Price)
+    responses: list[str] = Field(
+        default_factory=list, description="fake provider: scripted replies"
+    )
+    delay_s: float = Field(0.0, ge=0, description="fake provider: delay per streamed token")
+
+
+class EmbeddingConfig(Section):
+    """One embedding model clients can name."""
+
+    name: str = Field(min_length=1)
+    provider: str = Field(min_length=1, description="a name in the `llmforge.embedders` registry")
+    path: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    model_id: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    batch_size: int = Field(32, gt=0)
+    dimensions: int | None = Field(None, gt=0, description="fake provider: vector size")
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
+    preload: bool = Field(True, description="load local models at start-up instead of first use")
+
+
+class TracesConfig(Section):
+    enabled: bool = True
+    queue_size: int = Field(
+        1000, gt=0, description="traces waiting to be written before callers wait"
+    )
+
+
+DEFAULT_MODELS = [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")]
+DEFAULT_EMBEDDINGS = [
+    EmbeddingConfig(
+        name="minilm", provider="sentence-transformers", path="builtin:all-minilm-l6-v2"
+    )
+]

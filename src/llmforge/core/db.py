@@ -1,0 +1,97 @@
+"""Database engine and migrations.
+
+`open_engine(url)` returns a SQLAlchemy 2 engine: SQLite in WAL mode (the default, a file under
+`.llmforge/`) or PostgreSQL by URL. Schema changes are ordered `Migration`s that each package owns;
+`migrate()` applies the ones not yet recorded in `llmforge_migrations`, each in its own transaction,
+so an interrupted upgrade never leaves a half-applied step and re-running is always safe. This
+module knows no package's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from llmforge.core.errors import ConfigError
+
+_migrations = sa.Table(
+    "llmforge_migrations",
+    sa.MetaData(),
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.current_timestamp()),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step. `id` is global and stable, e.g. `traces.0001_create`."""
+
+    id: str
+    apply: Callable[[Connection], None]
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for `url`; creates the SQLite file's folder and turns on WAL and foreign keys."""
+    try:
+        parsed = sa.make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"database: '{url}' is not a database URL. "
+            "Use sqlite:///path/to/file.db or postgresql+psycopg://user:pass@host/db"
+        ) from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = sa.create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def applied_migrations(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(_migrations.name):
+            return set()
+        return set(conn.scalars(sa.select(_migrations.c.id)))
+
+
+def migrate(engine: Engine, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, in order; return the ids applied now."""
+    try:
+        _migrations.create(engine, checkfirst=True)
+    except OperationalError as e:
+        raise ConfigError(f"database '{engine.url!r}' cannot be opened: {e.orig}") from None
+    except sa.exc.ProgrammingError:
+        pass  # created concurrently by another process
+    done = applied_migrations(engine)
+    applied = []
+    for m in migrations:
+        if m.id in done:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.execute(_migrations.insert().values(id=m.id))  # claims the step first
+                m.apply(conn)
+        except IntegrityError:
+            continue  # another process applied it meanwhile; its transaction carried the step
+        applied.append(m.id)
+    return applied

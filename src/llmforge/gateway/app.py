@@ -1,0 +1,246 @@
+"""The FastAPI application: OpenAI-compatible routes over `Gateway`, and the one error handler.
+
+`create_app(settings)` builds everything from the settings object (no globals, nothing done at
+import): database engine and migrations, model catalog, trace recorder. Routes convert wire <-> core
+types and nothing else. Every error leaves as an OpenAI-style JSON body; a client's mistake is a
+4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmforge import __version__
+from llmforge.core.db import open_engine
+from llmforge.core.errors import InvalidRequestError, LLMForgeError, OverloadedError
+from llmforge.core.settings import Settings
+from llmforge.core.types import Delta
+from llmforge.gateway.body_limit import BodyLimitMiddleware
+from llmforge.gateway.service import Gateway
+from llmforge.gateway.wire import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    chunk_body,
+    completion_body,
+    embeddings_body,
+    error_body,
+    models_body,
+    usage_chunk_body,
+)
+from llmforge.models import ModelCatalog
+from llmforge.traces import TraceRecorder, TraceStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppContext:
+    """What routes and extensions share; reachable as `app.state.ctx`."""
+
+    settings: Settings
+    engine: Engine
+    catalog: ModelCatalog
+    traces: TraceStore
+    recorder: TraceRecorder
+    gateway: Gateway
+
+
+Extension = Callable[[FastAPI, AppContext], None]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    catalog: ModelCatalog | None = None,
+    extensions: tuple[Extension, ...] = (),
+) -> FastAPI:
+    engine = open_engine(settings.database)
+    catalog = catalog or ModelCatalog.from_settings(settings)
+    store = TraceStore(engine)
+    recorder = TraceRecorder(store, settings.traces.queue_size)
+    ctx = AppContext(
+        settings,
+        engine,
+        catalog,
+        store,
+        recorder,
+        Gateway(catalog, recorder if settings.traces.enabled else None),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        recorder.start()
+        preload = asyncio.create_task(catalog.preload()) if settings.server.preload else None
+        try:
+            yield
+        finally:
+            if preload is not None:
+                preload.cancel()
+            await recorder.stop()
+            await catalog.aclose()
+            engine.dispose()
+
+    app = FastAPI(title="LLMForge", version=__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+    _install_error_handlers(app)
+    _add_routes(app, ctx)
+    for extend in extensions:
+        extend(app, ctx)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    return app
+
+
+def _add_routes(app: FastAPI, ctx: AppContext) -> None:
+    gateway = ctx.gateway
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response({"status": "ok", "version": __version__})
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return json_response(
+            models_body([(m.name, m.kind, m.provider) for m in ctx.catalog.infos()])
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest) -> Response:
+        cid = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        headers = {"x-request-id": cid}
+        messages, sampling = req.core_messages(), req.sampling()
+        if not req.stream:
+            completion = await gateway.complete(req.model, messages, sampling, trace_id=cid)
+            return json_response(
+                completion_body(cid, req.model, created, completion), headers=headers
+            )
+        stream = gateway.stream(req.model, messages, sampling, trace_id=cid)
+        try:
+            first = await anext(stream)  # failures before the first token are plain HTTP errors
+        except BaseException:
+            await stream.aclose()
+            raise
+        events = _sse(first, stream, cid, req.model, created, req.include_usage)
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> Response:
+        result = await gateway.embed(req.model, req.texts())
+        vectors = result.vectors
+        if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
+            raise InvalidRequestError(
+                f"model '{req.model}' makes {len(vectors[0])}-dimensional vectors; "
+                f"dimensions={req.dimensions} is not supported",
+                param="dimensions",
+            )
+        return json_response(
+            embeddings_body(req.model, vectors, result.prompt_tokens, req.encoding_format)
+        )
+
+
+async def _sse(
+    first: Delta, stream: AsyncIterator[Delta], cid: str, model: str, created: int, usage: bool
+) -> AsyncIterator[bytes]:
+    def event(body: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    try:
+        yield event(chunk_body(cid, model, created, role=True, text=""))
+        delta: Delta | None = first
+        while delta is not None:
+            if delta.text:
+                yield event(chunk_body(cid, model, created, text=delta.text))
+            if delta.finish_reason:
+                yield event(chunk_body(cid, model, created, finish=delta.finish_reason))
+                if usage and delta.usage:
+                    yield event(usage_chunk_body(cid, model, created, delta.usage))
+                break
+            delta = await anext(stream, None)
+        yield b"data: [DONE]\n\n"
+    except LLMForgeError as e:  # after the first token the status is sent: end with an error event
+        yield event(error_body(e.message, e.error_type, e.param, e.code))
+    finally:
+        await stream.aclose()  # a client that went away stops generation
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LLMForgeError)
+    async def forge_error(_request: Request, e: LLMForgeError) -> Response:
+        headers = {}
+        if isinstance(e, OverloadedError):
+            headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
+        return json_response(
+            error_body(e.message, e.error_type, e.param, e.code), e.http_status, headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, e: RequestValidationError) -> Response:
+        message, param = describe_validation_error(e.errors())
+        return json_response(
+            error_body(message, "invalid_request_error", param, "invalid_request"), 400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, e: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        detail = e.detail if isinstance(e.detail, str) else "HTTP error"
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        return json_response(error_body(detail, kind, None, code), e.status_code, e.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, e: Exception) -> Response:
+        log.exception("unhandled error")
+        return json_response(
+            error_body(
+                "Internal server error; see the server log.", "server_error", None, "internal_error"
+            ),
+            500,
+        )
+
+
+def describe_validation_error(errors: Any) -> tuple[str, str | None]:
+    """The first problem as (message, param), e.g. ("messages.0.role: Input should be ...",
+    "messages.0.role")."""
+    if not errors:
+        return "Invalid request.", None
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if err.get("type") == "json_invalid":
+        return f"Malformed JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}", None
+    if not loc and err.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return "The request body must be a JSON object.", None
+    # strip the union-member suffixes pydantic adds (e.g. "content.str")
+    param = ".".join(
+        p
+        for p in loc
+        if not p.startswith(("list[", "function-")) and p not in ("str", "int", "float", "bool")
+    )
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if err.get("type") == "missing":
+        msg = "required field is missing"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{param}: {msg}{more}" if param else msg + more, param or None

@@ -1,0 +1,75 @@
+"""ASGI middleware that refuses request bodies over a size limit with 413, before they are buffered.
+
+It checks `Content-Length` up front and counts bytes of chunked bodies as they arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from llmforge.gateway.wire import error_body
+
+Scope = dict[str, Any]
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(send)
+                return
+        seen = 0
+        started = refused = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes and not refused:
+                    refused = True
+                    if not started:
+                        await self._refuse(send)
+                    return {
+                        "type": "http.disconnect"
+                    }  # the app stops reading; its answer is dropped
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = orjson.dumps(
+            error_body(
+                f"Request body is larger than {self.max_bytes} bytes (server.max_body_bytes).",
+                "invalid_request_error",
+                None,
+                "request_too_large",
+            )
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,20 @@
+"""Model backends behind two small protocols, `ChatModel` and `Embedder`, and the catalog of
+configured ones.
+
+Backends (registered through entry points, exactly as a plugin would): `llamacpp` (GGUF in-process),
+`openai` (any OpenAI-compatible server), `fake` (scripted); embedders `sentence-transformers`,
+`openai`, `fake`.
+"""
+
+from llmforge.models.base import ChatModel, Embedder, chat_models, collect, embedders
+from llmforge.models.catalog import ModelCatalog, ModelInfo
+
+__all__ = [
+    "ChatModel",
+    "Embedder",
+    "ModelCatalog",
+    "ModelInfo",
+    "chat_models",
+    "collect",
+    "embedders",
+]

@@ -1,0 +1,94 @@
+"""The configured models by name: what clients can ask for, built on first use and shared after.
+
+Construction checks every provider name against its registry (a typo fails at start-up, listing the
+valid names) but loads no weights; `preload()` loads the local ones eagerly when the server wants
+that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from llmforge.core.config import EmbeddingConfig, ModelConfig
+from llmforge.core.errors import InvalidRequestError, ModelNotFoundError
+from llmforge.core.settings import Settings
+from llmforge.models.base import ChatModel, Embedder, chat_models, embedders
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    kind: Literal["chat", "embedding"]
+    provider: str
+
+
+class ModelCatalog:
+    def __init__(
+        self, models: Sequence[ModelConfig], embeddings: Sequence[EmbeddingConfig]
+    ) -> None:
+        self._chat_cfg = {m.name: m for m in models}
+        self._emb_cfg = {e.name: e for e in embeddings}
+        for m in models:
+            chat_models.get(m.provider)
+        for e in embeddings:
+            embedders.get(e.provider)
+        self._chat: dict[str, ChatModel] = {}
+        self._emb: dict[str, Embedder] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelCatalog:
+        return cls(settings.models, settings.embeddings)
+
+    def infos(self) -> list[ModelInfo]:
+        return [ModelInfo(m.name, "chat", m.provider) for m in self._chat_cfg.values()] + [
+            ModelInfo(e.name, "embedding", e.provider) for e in self._emb_cfg.values()
+        ]
+
+    def config(self, name: str) -> ModelConfig:
+        try:
+            return self._chat_cfg[name]
+        except KeyError:
+            raise self._not_found(name) from None
+
+    def chat(self, name: str) -> ChatModel:
+        if name not in self._chat:
+            if name in self._emb_cfg:
+                raise InvalidRequestError(
+                    f"'{name}' is an embedding model; use /v1/embeddings or pick a chat model",
+                    param="model",
+                )
+            cfg = self.config(name)
+            self._chat[name] = chat_models.get(cfg.provider)(cfg)
+        return self._chat[name]
+
+    def embedder(self, name: str) -> Embedder:
+        if name not in self._emb:
+            cfg = self._emb_cfg.get(name)
+            if cfg is None:
+                if name in self._chat_cfg:
+                    raise InvalidRequestError(
+                        f"'{name}' is a chat model; pick an embedding model: "
+                        f"{', '.join(self._emb_cfg) or '(none configured)'}",
+                        param="model",
+                    )
+                raise self._not_found(name)
+            self._emb[name] = embedders.get(cfg.provider)(cfg)
+        return self._emb[name]
+
+    async def preload(self) -> None:
+        """Load every model whose backend can load ahead of use (local weights)."""
+        for name in self._chat_cfg:
+            model = self.chat(name)
+            if hasattr(model, "load"):
+                await model.load()
+
+    async def aclose(self) -> None:
+        for model in [*self._chat.values(), *self._emb.values()]:
+            await model.aclose()
+        self._chat.clear()
+        self._emb.clear()
+
+    def _not_found(self, name: str) -> ModelNotFoundError:
+        return ModelNotFoundError(name, [*self._chat_cfg, *self._emb_cfg])

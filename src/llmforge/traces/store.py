@@ -1,0 +1,164 @@
+"""Every model call, recorded: the `traces` table, its migrations, and the writer that feeds it.
+
+`TraceStore` is the synchronous, transactional store (one transaction per batch: a batch lands whole
+or not at all). `TraceRecorder` sits in front of it inside the server: callers hand it finished
+traces without waiting, a background task writes them in batches on a worker thread and retries a
+failed batch with back-off. Memory is bounded (see `record`); `stop()` drains what is queued. A
+process killed between a response and its trace's write (milliseconds) loses that trace; a batch is
+never half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+from sqlalchemy.engine import Connection, Engine
+
+from llmforge.core.db import Migration, migrate
+from llmforge.core.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+traces = sa.Table(
+    "traces",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("ttft_ms", sa.Float),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("stream", sa.Boolean, nullable=False),
+)
+
+
+def _create(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[traces])
+
+
+MIGRATIONS = [Migration("traces.0001_create", _create)]
+
+
+class Trace(BaseModel):
+    """One recorded call, as stored and as listed."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: float = Field(default_factory=time.time)
+    kind: Literal["chat", "embedding"] = "chat"
+    model: str
+    request: dict[str, Any]
+    output: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: Literal["ok", "error", "cancelled"] = "ok"
+    error: str | None = None
+    stream: bool = False
+
+
+class TraceStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        migrate(engine, MIGRATIONS)
+
+    def write(self, batch: Sequence[Trace]) -> None:
+        if batch:
+            with self.engine.begin() as conn:
+                conn.execute(traces.insert(), [t.model_dump() for t in batch])
+
+    def list(self, limit: int = 20, model: str | None = None) -> list[Trace]:
+        q = sa.select(traces).order_by(traces.c.created_at.desc()).limit(limit)
+        if model:
+            q = q.where(traces.c.model == model)
+        with self.engine.connect() as conn:
+            return [Trace.model_validate(row._asdict()) for row in conn.execute(q)]
+
+    def get(self, trace_id: str) -> Trace:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(traces).where(traces.c.id == trace_id)).first()
+        if row is None:
+            raise NotFoundError(f"No trace '{trace_id}'. List them with `llmforge traces list`.")
+        return Trace.model_validate(row._asdict())
+
+
+class TraceRecorder:
+    """Asynchronous, bounded, batching front of a TraceStore."""
+
+    def __init__(self, store: TraceStore, queue_size: int = 1000, batch_size: int = 256) -> None:
+        self.store = store
+        self._queue: asyncio.Queue[Trace] = asyncio.Queue(queue_size)
+        self._batch_size = batch_size
+        self._task: asyncio.Task[None] | None = None
+        self._overflow = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="trace-writer")
+
+    def record(self, trace: Trace) -> None:
+        """Queue a trace without waiting (safe in `finally` blocks of cancelled requests).
+
+        When the queue is full, up to `queue_size` more wait in line; past that the trace is dropped
+        and
+        counted in `dropped`, so memory stays bounded even when the database is down."""
+        if self._task is None:
+            self.start()
+        try:
+            self._queue.put_nowait(trace)
+        except asyncio.QueueFull:
+            if self._overflow >= self._queue.maxsize:
+                self.dropped += 1
+                log.error("trace queue full; dropped trace %s (%d dropped)", trace.id, self.dropped)
+                return
+            self._overflow += 1
+            task = asyncio.ensure_future(self._queue.put(trace))
+            task.add_done_callback(self._overflow_done)
+
+    def _overflow_done(self, _task: asyncio.Future[None]) -> None:
+        self._overflow -= 1
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is written."""
+        while self._overflow:
+            await asyncio.sleep(0.01)
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await self.flush()
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            while True:
+                try:
+                    await asyncio.to_thread(self.store.write, batch)
+                    delay = 0.05
+                    break
+                except sa.exc.SQLAlchemyError as e:  # keep the batch; retry with back-off
+                    log.warning("trace write failed (%s); retrying in %.1fs", e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for _ in batch:
+                self._queue.task_done()
