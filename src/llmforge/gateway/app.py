@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -163,7 +163,12 @@ def _add_routes(app: FastAPI, ctx: AppContext) -> None:
 
 
 async def _sse(
-    first: Delta, stream: AsyncIterator[Delta], cid: str, model: str, created: int, usage: bool
+    first: Delta,
+    stream: AsyncGenerator[Delta, None],
+    cid: str,
+    model: str,
+    created: int,
+    usage: bool,
 ) -> AsyncIterator[bytes]:
     def event(body: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(body) + b"\n\n"
@@ -209,7 +214,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         detail = e.detail if isinstance(e.detail, str) else "HTTP error"
         kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        return json_response(error_body(detail, kind, None, code), e.status_code, e.headers)
+        return json_response(
+            error_body(detail, kind, None, code), e.status_code, dict(e.headers or {})
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, e: Exception) -> Response:

@@ -35,7 +35,7 @@ def chat(
     messages = ([Message(role="system", content=system)] if system else []) + [
         Message(role="user", content=prompt)
     ]
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=None, seed=seed)
     run(_chat(settings, name, messages, sampling))
 
 

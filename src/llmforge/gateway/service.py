@@ -7,7 +7,7 @@ Routing, fallback, caching and guards (later issues) slot in here, not in the ro
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from llmforge.core.errors import LLMForgeError
@@ -48,7 +48,7 @@ class Gateway:
         messages: Sequence[Message],
         sampling: Sampling,
         trace_id: str | None = None,
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Deltas of the answer; the trace is recorded when the stream ends, fails or is closed
         early."""
         backend = self.catalog.chat(model)
@@ -57,8 +57,9 @@ class Gateway:
         parts: list[str] = []
         error: BaseException | None = None
         finished = False
+        deltas = backend.stream(messages, sampling)
         try:
-            async for delta in backend.stream(messages, sampling):
+            async for delta in deltas:
                 if trace.ttft_ms is None and delta.text:
                     trace.ttft_ms = (time.perf_counter() - start) * 1000
                 parts.append(delta.text)
@@ -72,6 +73,7 @@ class Gateway:
             error = e
             raise
         finally:
+            await deltas.aclose()  # stops generation now, not when garbage-collected
             trace.output = "".join(parts)
             if error is None and not finished:
                 trace.status = "cancelled"

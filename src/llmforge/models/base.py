@@ -9,19 +9,29 @@ nothing of HTTP, traces or routing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.registry import Registry
-from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
+from llmforge.core.types import (
+    Completion,
+    Delta,
+    Embeddings,
+    FinishReason,
+    Message,
+    Sampling,
+    Usage,
+)
 
 
 @runtime_checkable
 class ChatModel(Protocol):
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion: ...
 
-    def stream(self, messages: Sequence[Message], sampling: Sampling) -> AsyncIterator[Delta]:
+    def stream(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> AsyncGenerator[Delta, None]:
         """Yield text pieces as they are generated; the last Delta has finish_reason and usage.
 
         Closing the iterator early (a client went away) stops generation."""
@@ -44,14 +54,15 @@ chat_models: Registry[ChatModelFactory] = Registry("model provider", "llmforge.m
 embedders: Registry[EmbedderFactory] = Registry("embedding provider", "llmforge.embedders")
 
 
-async def collect(stream: AsyncIterator[Delta]) -> Completion:
+async def collect(stream: AsyncGenerator[Delta, None]) -> Completion:
     """Drain a stream into one Completion (for backends whose whole answer is their stream)."""
     parts: list[str] = []
-    finish, usage = "stop", Usage()
+    finish: FinishReason = "stop"
+    usage = Usage()
     async for delta in stream:
         parts.append(delta.text)
         if delta.finish_reason:
             finish = delta.finish_reason
         if delta.usage:
             usage = delta.usage
-    return Completion(text="".join(parts), finish_reason=finish, usage=usage)  # type: ignore[arg-type]
+    return Completion(text="".join(parts), finish_reason=finish, usage=usage)

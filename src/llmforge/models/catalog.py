@@ -85,8 +85,10 @@ class ModelCatalog:
                 await model.load()
 
     async def aclose(self) -> None:
-        for model in [*self._chat.values(), *self._emb.values()]:
-            await model.aclose()
+        for chat in self._chat.values():
+            await chat.aclose()
+        for embedder in self._emb.values():
+            await embedder.aclose()
         self._chat.clear()
         self._emb.clear()
 

@@ -13,10 +13,18 @@ import hashlib
 import itertools
 import math
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
-from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
+from llmforge.core.types import (
+    Completion,
+    Delta,
+    Embeddings,
+    FinishReason,
+    Message,
+    Sampling,
+    Usage,
+)
 from llmforge.models.base import collect
 
 
@@ -28,13 +36,15 @@ class FakeChatModel:
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
         return await collect(self.stream(messages, sampling))
 
-    async def stream(self, messages: Sequence[Message], sampling: Sampling) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> AsyncGenerator[Delta, None]:
         reply = next(self._responses) if self._responses else _last_user(messages)
         for s in sampling.stop:
             if s and s in reply:
                 reply = reply[: reply.index(s)]
         words = re.findall(r"\S+\s*", reply)
-        finish = "stop"
+        finish: FinishReason = "stop"
         if sampling.max_tokens is not None and len(words) > sampling.max_tokens:
             words, finish = words[: sampling.max_tokens], "length"
         for w in words:

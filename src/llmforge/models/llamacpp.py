@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from llmforge.core.errors import (
     ModelError,
     OverloadedError,
 )
-from llmforge.core.types import Completion, Delta, Message, Sampling, Usage
+from llmforge.core.types import Completion, Delta, FinishReason, Message, Sampling, Usage
 from llmforge.models.base import collect
 from llmforge.models.builtin import resolve
 
@@ -60,7 +60,9 @@ class LlamaCppChatModel:
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
         return await collect(self.stream(messages, sampling))
 
-    async def stream(self, messages: Sequence[Message], sampling: Sampling) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> AsyncGenerator[Delta, None]:
         if self._inflight >= self._max_inflight:
             raise OverloadedError(
                 f"model '{self.name}' is busy: {self._inflight} requests in flight or queued "
@@ -176,7 +178,8 @@ class LlamaCppChatModel:
             include={"temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"},
         )
         stops = StopMatcher(sampling.stop)
-        finish, completion = "length", 0
+        finish: FinishReason = "length"
+        completion = 0
         chunks = llm.create_completion(
             tokens,
             max_tokens=min(sampling.max_tokens or room, room),
@@ -195,7 +198,7 @@ class LlamaCppChatModel:
                 chunks.close()
                 break
             if choice["finish_reason"]:
-                finish = choice["finish_reason"]
+                finish = "length" if choice["finish_reason"] == "length" else "stop"
                 # the end-of-generation token is sampled but not part of the answer
                 completion = max(calls - 1 - (finish == "stop"), 0)
         else:

@@ -10,7 +10,7 @@ the boundary.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -158,7 +158,9 @@ class OpenAICompatChatModel:
         except (KeyError, IndexError, TypeError):
             raise UpstreamError(f"model '{self._client.name}': unexpected answer shape") from None
 
-    async def stream(self, messages: Sequence[Message], sampling: Sampling) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> AsyncGenerator[Delta, None]:
         finish: str | None = None
         usage: Usage | None = None
         async for event in self._client.sse(
