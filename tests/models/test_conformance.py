@@ -1,0 +1,95 @@
+"""Every registered ChatModel and Embedder backend behaves the same way through the protocols."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from llmforge.core.config import EmbeddingConfig, ModelConfig
+from llmforge.core.types import Message, Sampling
+from llmforge.models import ChatModel, Embedder, chat_models, collect, embedders
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.server import serve
+
+ASK = [Message(role="user", content="Name three colours of the rainbow.")]
+GREEDY = Sampling(temperature=0, max_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with serve(FakeOpenAI().app) as base:
+        yield base + "/v1"
+
+
+CHAT_CONFIGS: dict[str, Callable[[str], ModelConfig]] = {
+    "fake": lambda _: ModelConfig(name="m", provider="fake", responses=["red orange yellow green"]),
+    "llamacpp": lambda _: ModelConfig(
+        name="m", provider="llamacpp", path="builtin:smollm2", context_length=1024
+    ),
+    "openai": lambda url: ModelConfig(name="m", provider="openai", base_url=url, model_id="echo"),
+}
+EMBED_CONFIGS: dict[str, Callable[[str], EmbeddingConfig]] = {
+    "fake": lambda _: EmbeddingConfig(name="e", provider="fake", dimensions=16),
+    "sentence-transformers": lambda _: EmbeddingConfig(
+        name="e", provider="sentence-transformers", path="builtin:all-minilm-l6-v2"
+    ),
+    "openai": lambda url: EmbeddingConfig(name="e", provider="openai", base_url=url),
+}
+
+
+def test_every_registered_backend_is_covered() -> None:
+    assert set(chat_models.names()) <= set(CHAT_CONFIGS)
+    assert set(embedders.names()) <= set(EMBED_CONFIGS)
+
+
+@pytest.fixture(params=sorted(CHAT_CONFIGS))
+async def chat(request: pytest.FixtureRequest, upstream: str) -> AsyncIterator[ChatModel]:
+    config = CHAT_CONFIGS[request.param](upstream)
+    model = chat_models.get(config.provider)(config)
+    yield model
+    await model.aclose()
+
+
+@pytest.fixture(params=sorted(EMBED_CONFIGS))
+async def embedder(request: pytest.FixtureRequest, upstream: str) -> AsyncIterator[Embedder]:
+    config = EMBED_CONFIGS[request.param](upstream)
+    model = embedders.get(config.provider)(config)
+    yield model
+    await model.aclose()
+
+
+async def test_chat_stream_and_complete_agree(chat: ChatModel) -> None:
+    assert isinstance(chat, ChatModel)
+    whole = await chat.complete(ASK, GREEDY)
+    deltas = [d async for d in chat.stream(ASK, GREEDY)]
+    assert whole.text
+    assert "".join(d.text for d in deltas) == whole.text
+    assert [d.finish_reason for d in deltas if d.finish_reason] == [whole.finish_reason]
+    assert deltas[-1].finish_reason is not None and deltas[-1].usage == whole.usage
+    assert whole.usage.completion_tokens > 0
+
+
+async def test_chat_max_tokens_ends_with_length(chat: ChatModel) -> None:
+    out = await chat.complete(ASK, Sampling(temperature=0, max_tokens=1))
+    assert out.finish_reason == "length"
+    assert out.usage.completion_tokens == 1
+
+
+async def test_chat_stream_closed_early_leaves_the_model_usable(chat: ChatModel) -> None:
+    stream = chat.stream(ASK, Sampling(temperature=0, max_tokens=200))
+    first = await anext(stream)
+    await stream.aclose()
+    assert first is not None
+    again = await collect(chat.stream(ASK, GREEDY))
+    assert again.text
+
+
+async def test_embedder_returns_one_vector_per_text_in_order(embedder: Embedder) -> None:
+    assert isinstance(embedder, Embedder)
+    out = await embedder.embed(["short", "a much longer text", "中文文本"])
+    assert len(out.vectors) == 3
+    assert len({len(v) for v in out.vectors}) == 1
+    assert out.vectors[0] != out.vectors[1]
+    assert out.prompt_tokens > 0
+    assert (await embedder.embed([])).vectors == []
