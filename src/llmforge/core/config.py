@@ -7,6 +7,8 @@ documented in docs/configuration.md.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -19,6 +21,17 @@ class Price(Section):
 
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
+
+
+class Deployment(Section):
+    """One replica of a model. Keys left unset inherit the model's own."""
+
+    id: str | None = Field(None, description="name shown in headers and traces (default: index)")
+    path: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    model_id: str | None = None
+    timeout_s: float | None = Field(None, gt=0)
 
 
 class ModelConfig(Section):
@@ -44,6 +57,8 @@ class ModelConfig(Section):
         None, description="Jinja chat template overriding the model's"
     )
     fallbacks: list[str] = Field(default_factory=list)
+    deployments: list[Deployment] = Field(default_factory=list, description="replicas")
+    retries: int | None = Field(None, ge=0, description="retries per deployment (router default)")
     price: Price = Field(default_factory=Price)
     responses: list[str] = Field(
         default_factory=list, description="fake provider: scripted replies"
@@ -70,6 +85,32 @@ class ServerConfig(Section):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
     preload: bool = Field(True, description="load local models at start-up instead of first use")
+
+
+class RouterConfig(Section):
+    """Retries, back-off and the circuit breaker, for every model."""
+
+    retries: int = Field(2, ge=0, description="retries of a failed call before falling back")
+    backoff_s: float = Field(0.25, ge=0, description="first retry delay; doubles per retry")
+    max_backoff_s: float = Field(8.0, ge=0, description="cap on one delay, Retry-After included")
+    circuit_failures: int = Field(5, ge=1, description="consecutive failures that open a circuit")
+    circuit_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit rests")
+
+
+class SemanticCacheConfig(Section):
+    enabled: bool = False
+    embedding: str = Field("minilm", description="an `embeddings:` name")
+    threshold: float = Field(0.95, gt=0, le=1, description="cosine similarity that counts as a hit")
+
+
+class CacheConfig(Section):
+    """Response cache. Off unless enabled; keyed on model, whole conversation and sampling."""
+
+    enabled: bool = False
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, gt=0, description="memory backend: LRU size")
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
 
 
 class TracesConfig(Section):

@@ -6,15 +6,20 @@ response in one handler and the CLI prints its message on one line. Errors carry
 log.
 
     LLMForgeError
-    ├── ConfigError               bad llmforge.yaml, settings or an unknown plugin name
-    │   └── UnknownNameError      a registry has no entry of that name (lists the valid ones)
-    ├── InvalidRequestError       a client's request is wrong (400)
-    ├── NotFoundError             something named does not exist (404)
-    │   └── ModelNotFoundError    an unknown model name
-    ├── OverloadedError           a local queue is full; retry later (503)
-    └── ModelError                a model backend failed (502)
-        ├── UpstreamError         an upstream server answered with an error status
-        └── UpstreamTimeoutError  an upstream server did not answer in time (504)
+    ├── ConfigError                   bad llmforge.yaml, settings or an unknown plugin name
+    │   └── UnknownNameError          a registry has no entry of that name (lists the valid ones)
+    ├── InvalidRequestError           a client's request is wrong (400)
+    │   └── ContextWindowExceededError  the prompt does not fit the model (400; router falls back)
+    ├── AuthenticationError           no or unknown API key (401)
+    ├── PermissionDeniedError         the key may not use that model or endpoint (403)
+    ├── NotFoundError                 something named does not exist (404)
+    │   └── ModelNotFoundError        an unknown model name
+    ├── RateLimitError                a key's requests or tokens per minute are used up (429)
+    │   └── BudgetExceededError       a key's budget would be exceeded (429)
+    ├── OverloadedError               a local queue is full; retry later (503)
+    └── ModelError                    a model backend failed (502)
+        ├── UpstreamError             an upstream server answered with an error status
+        └── UpstreamTimeoutError      an upstream server did not answer in time (504)
 
 Third-party exceptions are translated into these at the boundary where they are raised.
 """
@@ -58,6 +63,37 @@ class InvalidRequestError(LLMForgeError):
     code = "invalid_request"
 
 
+class ContextWindowExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(LLMForgeError):
+    http_status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(LLMForgeError):
+    http_status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimitError(LLMForgeError):
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BudgetExceededError(RateLimitError):
+    error_type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 class NotFoundError(LLMForgeError):
     http_status = 404
     error_type = "invalid_request_error"
@@ -96,9 +132,12 @@ class UpstreamError(ModelError):
     """`status_code` is the upstream's; an upstream's verdict that the request is invalid stays a
     400."""
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after_s = retry_after_s
         if status_code in (400, 413, 422):
             self.http_status, self.error_type, self.code = (
                 400,

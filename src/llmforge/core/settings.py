@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmforge.core.config import (
     DEFAULT_EMBEDDINGS,
     DEFAULT_MODELS,
+    CacheConfig,
     EmbeddingConfig,
     ModelConfig,
+    RouterConfig,
     ServerConfig,
     TracesConfig,
 )
@@ -40,6 +42,12 @@ class Settings(BaseSettings):
     database: str = Field("sqlite:///./.llmforge/llmforge.db", description="SQLAlchemy URL")
     server: ServerConfig = Field(default_factory=ServerConfig)
     traces: TracesConfig = Field(default_factory=TracesConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    redis_url: str | None = Field(None, description="shared limits and cache across processes")
+    master_key: SecretStr | None = Field(
+        None, description="enables API keys; usually set as LLMFORGE_MASTER_KEY, not in the file"
+    )
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     embeddings: list[EmbeddingConfig] = Field(default_factory=lambda: list(DEFAULT_EMBEDDINGS))
     config_path: Path | None = Field(None, exclude=True, description="file loaded, if any")
@@ -65,6 +73,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{key}: duplicate name(s) {', '.join(dupes)}; names must be unique"
                 )
+        if self.cache.semantic.enabled and self.cache.semantic.embedding not in emb:
+            raise ValueError(
+                f"cache.semantic.embedding: '{self.cache.semantic.embedding}' is not under "
+                f"`embeddings:`; known: {', '.join(emb) or '(none)'}"
+            )
         for m in self.models:
             unknown = [f for f in m.fallbacks if f not in chat]
             if unknown:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +24,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmforge import __version__
 from llmforge.core.db import open_engine
-from llmforge.core.errors import InvalidRequestError, LLMForgeError, OverloadedError
+from llmforge.core.errors import (
+    BudgetExceededError,
+    InvalidRequestError,
+    LLMForgeError,
+    OverloadedError,
+    RateLimitError,
+)
 from llmforge.core.settings import Settings
 from llmforge.core.types import Delta
 from llmforge.gateway.body_limit import BodyLimitMiddleware
+from llmforge.gateway.call import Call, Caller
+from llmforge.gateway.router import Router
 from llmforge.gateway.service import Gateway
 from llmforge.gateway.wire import (
     ChatCompletionRequest,
@@ -47,6 +53,10 @@ from llmforge.traces import TraceRecorder, TraceStore
 log = logging.getLogger(__name__)
 
 
+async def no_auth(_request: Request) -> Caller | None:
+    return None
+
+
 @dataclass
 class AppContext:
     """What routes and extensions share; reachable as `app.state.ctx`."""
@@ -57,6 +67,7 @@ class AppContext:
     traces: TraceStore
     recorder: TraceRecorder
     gateway: Gateway
+    authenticate: Callable[[Request], Awaitable[Caller | None]] = no_auth
 
 
 Extension = Callable[[FastAPI, AppContext], None]
@@ -78,14 +89,12 @@ def create_app(
     catalog = catalog or ModelCatalog.from_settings(settings)
     store = TraceStore(engine)
     recorder = TraceRecorder(store, settings.traces.queue_size)
-    ctx = AppContext(
-        settings,
-        engine,
+    gateway = Gateway(
         catalog,
-        store,
-        recorder,
-        Gateway(catalog, recorder if settings.traces.enabled else None),
+        recorder if settings.traces.enabled else None,
+        router=Router(catalog, settings.router),
     )
+    ctx = AppContext(settings, engine, catalog, store, recorder, gateway)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +105,7 @@ def create_app(
         finally:
             if preload is not None:
                 preload.cancel()
+            await gateway.drain()
             await recorder.stop()
             await catalog.aclose()
             engine.dispose()
@@ -124,32 +134,38 @@ def _add_routes(app: FastAPI, ctx: AppContext) -> None:
         )
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest) -> Response:
-        cid = "chatcmpl-" + uuid.uuid4().hex
-        created = int(time.time())
-        headers = {"x-request-id": cid}
-        messages, sampling = req.core_messages(), req.sampling()
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+        call = Call(
+            model=req.model,
+            messages=req.core_messages(),
+            sampling=req.sampling(),
+            stream=req.stream,
+            caller=await ctx.authenticate(request),
+            use_cache=request.headers.get(CACHE_HEADER, "").lower() not in ("no", "no-cache", "0"),
+        )
         if not req.stream:
-            completion = await gateway.complete(req.model, messages, sampling, trace_id=cid)
-            return json_response(
-                completion_body(cid, req.model, created, completion), headers=headers
-            )
-        stream = gateway.stream(req.model, messages, sampling, trace_id=cid)
+            completion = await gateway.complete(call)
+            body = completion_body(call.id, req.model, call.created, completion)
+            return json_response(body, headers=call_headers(call))
+        stream = gateway.stream(call)
         try:
             first = await anext(stream)  # failures before the first token are plain HTTP errors
         except BaseException:
             await stream.aclose()
             raise
-        events = _sse(first, stream, cid, req.model, created, req.include_usage)
-        return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        events = _sse(first, stream, call.id, req.model, call.created, req.include_usage)
+        headers = {**call_headers(call), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> Response:
-        result = await gateway.embed(req.model, req.texts())
+    async def embeddings(req: EmbeddingRequest, request: Request) -> Response:
+        call = Call(
+            model=req.model,
+            kind="embedding",
+            inputs=req.texts(),
+            caller=await ctx.authenticate(request),
+        )
+        result = await gateway.embed(call)
         vectors = result.vectors
         if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
             raise InvalidRequestError(
@@ -157,9 +173,26 @@ def _add_routes(app: FastAPI, ctx: AppContext) -> None:
                 f"dimensions={req.dimensions} is not supported",
                 param="dimensions",
             )
-        return json_response(
-            embeddings_body(req.model, vectors, result.prompt_tokens, req.encoding_format)
-        )
+        body = embeddings_body(req.model, vectors, result.prompt_tokens, req.encoding_format)
+        return json_response(body, headers=call_headers(call))
+
+
+CACHE_HEADER = "x-llmforge-cache"
+
+
+def call_headers(call: Call) -> dict[str, str]:
+    """What the gateway tells the client about how the call was served."""
+    headers = {
+        "x-request-id": call.id,
+        "x-llmforge-overhead-ms": f"{call.overhead_ms():.2f}",
+    }
+    if call.deployment:
+        headers["x-llmforge-deployment"] = call.deployment
+    if call.served_by and call.served_by != call.model:
+        headers["x-llmforge-served-by"] = call.served_by
+    if call.cache != "off":
+        headers[CACHE_HEADER] = call.cache
+    return headers
 
 
 async def _sse(
@@ -196,7 +229,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LLMForgeError)
     async def forge_error(_request: Request, e: LLMForgeError) -> Response:
         headers = {}
-        if isinstance(e, OverloadedError):
+        if isinstance(e, OverloadedError | RateLimitError) and not isinstance(
+            e, BudgetExceededError
+        ):
             headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
         return json_response(
             error_body(e.message, e.error_type, e.param, e.code), e.http_status, headers

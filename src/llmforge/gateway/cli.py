@@ -12,6 +12,8 @@ from llmforge.core.cli import ConfigOption, run, settings_for
 from llmforge.core.db import open_engine
 from llmforge.core.settings import Settings
 from llmforge.core.types import Message, Sampling
+from llmforge.gateway.call import Call
+from llmforge.gateway.router import Router
 from llmforge.gateway.service import Gateway
 from llmforge.models import ModelCatalog
 from llmforge.traces import TraceRecorder, TraceStore
@@ -44,11 +46,13 @@ async def _chat(
 ) -> None:
     catalog = ModelCatalog.from_settings(settings)
     recorder = TraceRecorder(TraceStore(open_engine(settings.database)))
+    gateway = Gateway(catalog, recorder, router=Router(catalog, settings.router))
     try:
-        async for delta in Gateway(catalog, recorder).stream(model, messages, sampling):
+        async for delta in gateway.stream(Call(model, messages, sampling, stream=True)):
             sys.stdout.write(delta.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
     finally:
+        await gateway.drain()
         await recorder.stop()
         await catalog.aclose()

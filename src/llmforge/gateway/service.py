@@ -1,125 +1,187 @@
-"""The gateway's request path without HTTP: find the model, call it, time it, record the trace.
+"""The gateway's request path without HTTP.
 
-Both the HTTP routes and `llmforge chat` go through `Gateway`, so every call is traced the same way.
-Routing, fallback, caching and guards (later issues) slot in here, not in the routes.
+    admission (key scope, rate limits, budget reservation) -> cache lookup -> router
+    (deployments, retries, fallbacks) -> cost and usage -> cache store -> settle -> trace + metrics
+
+Both the HTTP routes and `llmforge chat` drive a `Call` through `Gateway`, so every call is
+admitted, routed, accounted and traced the same way. The pluggable steps are small protocols; each
+is optional.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+import re
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Protocol
 
+from llmforge.core.config import RouterConfig
 from llmforge.core.errors import LLMForgeError
-from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling
+from llmforge.core.types import Completion, Delta, Embeddings, Usage
+from llmforge.gateway.call import Call, cost_usd
+from llmforge.gateway.router import Router
 from llmforge.models import ModelCatalog
-from llmforge.traces import Trace, TraceRecorder
+from llmforge.traces import TraceRecorder
+
+
+class Admission(Protocol):
+    """Decides whether a call may run (raises if not) and settles what it used afterwards."""
+
+    async def admit(self, call: Call) -> None: ...
+
+    async def settle(self, call: Call) -> None: ...
+
+
+class ResponseCache(Protocol):
+    async def lookup(self, call: Call) -> Completion | None: ...
+
+    async def store(self, call: Call, completion: Completion) -> None: ...
+
+
+class CallObserver(Protocol):
+    def finished(self, call: Call) -> None: ...
 
 
 class Gateway:
-    def __init__(self, catalog: ModelCatalog, recorder: TraceRecorder | None = None) -> None:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        recorder: TraceRecorder | None = None,
+        *,
+        router: Router | None = None,
+        admission: Admission | None = None,
+        cache: ResponseCache | None = None,
+        observers: Sequence[CallObserver] = (),
+    ) -> None:
         self.catalog = catalog
         self.recorder = recorder
+        self.router = router or Router(catalog, RouterConfig())
+        self.admission = admission
+        self.cache = cache
+        self.observers = list(observers)
+        self._pending: set[asyncio.Task[None]] = set()
 
-    async def complete(
-        self,
-        model: str,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        trace_id: str | None = None,
-    ) -> Completion:
-        backend = self.catalog.chat(model)
-        trace = self._trace(model, messages, sampling, trace_id, stream=False)
-        start = time.perf_counter()
+    async def complete(self, call: Call) -> Completion:
+        self.catalog.config(call.model)  # unknown model: 404 before anything else
+        await self._admit(call)
         try:
-            completion = await backend.complete(messages, sampling)
+            completion = await self._lookup(call)
+            if completion is None:
+                completion = await self.router.complete(call)
+                self._account(call, completion.usage)
+                await self._store(call, completion)
+            call.output, call.finish_reason = completion.text, completion.finish_reason
+            return completion
         except BaseException as e:
-            self._finish(trace, start, error=e)
-            raise
-        trace.output = completion.text
-        trace.prompt_tokens = completion.usage.prompt_tokens
-        trace.completion_tokens = completion.usage.completion_tokens
-        self._finish(trace, start)
-        return completion
-
-    async def stream(
-        self,
-        model: str,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        trace_id: str | None = None,
-    ) -> AsyncGenerator[Delta, None]:
-        """Deltas of the answer; the trace is recorded when the stream ends, fails or is closed
-        early."""
-        backend = self.catalog.chat(model)
-        trace = self._trace(model, messages, sampling, trace_id, stream=True)
-        start = time.perf_counter()
-        parts: list[str] = []
-        error: BaseException | None = None
-        finished = False
-        deltas = backend.stream(messages, sampling)
-        try:
-            async for delta in deltas:
-                if trace.ttft_ms is None and delta.text:
-                    trace.ttft_ms = (time.perf_counter() - start) * 1000
-                parts.append(delta.text)
-                if delta.usage:
-                    trace.prompt_tokens = delta.usage.prompt_tokens
-                    trace.completion_tokens = delta.usage.completion_tokens
-                if delta.finish_reason:
-                    finished = delta.finish_reason != "cancelled"
-                yield delta
-        except BaseException as e:
-            error = e
+            _failed(call, e)
             raise
         finally:
-            await deltas.aclose()  # stops generation now, not when garbage-collected
-            trace.output = "".join(parts)
-            if error is None and not finished:
-                trace.status = "cancelled"
-            self._finish(trace, start, error=error)
+            await self._finish(call)
 
-    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
-        backend = self.catalog.embedder(model)
-        trace = Trace(kind="embedding", model=model, request={"input": list(texts)})
-        start = time.perf_counter()
+    async def stream(self, call: Call) -> AsyncGenerator[Delta, None]:
+        """Deltas of the answer. Closing the generator early (client gone) cancels the upstream
+        call; the call is settled and traced whichever way it ends."""
+        self.catalog.config(call.model)
+        await self._admit(call)
+        parts: list[str] = []
         try:
-            result = await backend.embed(texts)
+            cached = await self._lookup(call)
+            deltas = replay(cached) if cached else self.router.stream(call)
+            try:
+                async for delta in deltas:
+                    if call.ttft_s is None and delta.text:
+                        call.ttft_s = call.elapsed_s()
+                    parts.append(delta.text)
+                    if delta.usage and not cached:
+                        self._account(call, delta.usage)
+                    if delta.finish_reason:
+                        call.finish_reason = delta.finish_reason
+                    yield delta
+            finally:
+                await deltas.aclose()
+            if cached is None and call.finish_reason in ("stop", "length"):
+                completion = Completion(
+                    text="".join(parts), finish_reason=call.finish_reason, usage=call.usage
+                )
+                await self._store(call, completion)
         except BaseException as e:
-            self._finish(trace, start, error=e)
+            _failed(call, e)
             raise
-        trace.prompt_tokens = result.prompt_tokens
-        trace.output = (
-            f"{len(result.vectors)} vectors of {len(result.vectors[0]) if result.vectors else 0}"
-        )
-        self._finish(trace, start)
-        return result
+        finally:
+            call.output = "".join(parts)
+            if call.status == "ok" and call.finish_reason in (None, "cancelled"):
+                call.status = "cancelled"
+            self._finish_soon(call)  # no awaiting here: a cancelled stream may not wait
 
-    def _trace(
-        self,
-        model: str,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        trace_id: str | None,
-        stream: bool,
-    ) -> Trace:
-        request: dict[str, Any] = {
-            "messages": [m.model_dump(exclude_none=True) for m in messages],
-            "sampling": sampling.model_dump(exclude_none=True, exclude_defaults=True),
-        }
-        trace = Trace(model=model, request=request, stream=stream)
-        if trace_id:
-            trace.id = trace_id
-        return trace
+    async def embed(self, call: Call) -> Embeddings:
+        backend = self.catalog.embedder(call.model)
+        await self._admit(call)
+        try:
+            result = await backend.embed(call.inputs)
+            call.usage = Usage(prompt_tokens=result.prompt_tokens)
+            dims = len(result.vectors[0]) if result.vectors else 0
+            call.output = f"{len(result.vectors)} vectors of {dims}"
+            call.served_by = call.model
+            return result
+        except BaseException as e:
+            _failed(call, e)
+            raise
+        finally:
+            await self._finish(call)
 
-    def _finish(self, trace: Trace, start: float, error: BaseException | None = None) -> None:
-        trace.latency_ms = (time.perf_counter() - start) * 1000
-        if error is not None:
-            if isinstance(error, LLMForgeError):
-                trace.status, trace.error = "error", error.message
-            elif isinstance(error, Exception):
-                trace.status, trace.error = "error", repr(error)
-            else:  # cancelled: the client went away
-                trace.status = "cancelled"
+    async def drain(self) -> None:
+        """Wait for settlements of finished streams (shutdown, tests)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    async def _admit(self, call: Call) -> None:
+        if self.admission is not None:
+            await self.admission.admit(call)
+
+    async def _lookup(self, call: Call) -> Completion | None:
+        if self.cache is None or not call.use_cache:
+            return None
+        return await self.cache.lookup(call)
+
+    async def _store(self, call: Call, completion: Completion) -> None:
+        if self.cache is not None and call.use_cache:
+            await self.cache.store(call, completion)
+
+    def _account(self, call: Call, usage: Usage) -> None:
+        call.usage = usage
+        if call.served_by is not None:
+            call.cost_usd = cost_usd(self.catalog.config(call.served_by).price, usage)
+
+    async def _finish(self, call: Call) -> None:
+        if self.admission is not None:
+            await self.admission.settle(call)
+        self._record(call)
+
+    def _finish_soon(self, call: Call) -> None:
+        task = asyncio.get_running_loop().create_task(self._finish(call))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _record(self, call: Call) -> None:
+        for observer in self.observers:
+            observer.finished(call)
         if self.recorder is not None:
-            self.recorder.record(trace)
+            self.recorder.record(call.to_trace())
+
+
+def _failed(call: Call, error: BaseException) -> None:
+    if isinstance(error, LLMForgeError):
+        call.status, call.error, call.error_type = "error", error.message, type(error).__name__
+    elif isinstance(error, Exception):
+        call.status, call.error, call.error_type = "error", repr(error), type(error).__name__
+    else:  # cancelled: the client went away
+        call.status = "cancelled"
+
+
+async def replay(completion: Completion) -> AsyncGenerator[Delta, None]:
+    """A cached answer as a stream: word-sized pieces, then the finish."""
+    for piece in re.findall(r"\s*\S+\s*", completion.text) or [completion.text]:
+        yield Delta(text=piece)
+    yield Delta(finish_reason=completion.finish_reason, usage=completion.usage)

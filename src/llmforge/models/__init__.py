@@ -7,10 +7,11 @@ Backends (registered through entry points, exactly as a plugin would): `llamacpp
 """
 
 from llmforge.models.base import ChatModel, Embedder, chat_models, collect, embedders
-from llmforge.models.catalog import ModelCatalog, ModelInfo
+from llmforge.models.catalog import Deployment, ModelCatalog, ModelInfo
 
 __all__ = [
     "ChatModel",
+    "Deployment",
     "Embedder",
     "ModelCatalog",
     "ModelInfo",

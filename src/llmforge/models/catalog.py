@@ -18,6 +18,16 @@ from llmforge.models.base import ChatModel, Embedder, chat_models, embedders
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """One replica of a model: its merged config and its backend."""
+
+    model: str
+    id: str
+    config: ModelConfig
+    backend: ChatModel
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     kind: Literal["chat", "embedding"]
@@ -34,7 +44,7 @@ class ModelCatalog:
             chat_models.get(m.provider)
         for e in embeddings:
             embedders.get(e.provider)
-        self._chat: dict[str, ChatModel] = {}
+        self._deployments: dict[str, list[Deployment]] = {}
         self._emb: dict[str, Embedder] = {}
 
     @classmethod
@@ -52,16 +62,36 @@ class ModelCatalog:
         except KeyError:
             raise self._not_found(name) from None
 
-    def chat(self, name: str) -> ChatModel:
-        if name not in self._chat:
+    def deployments(self, name: str) -> list[Deployment]:
+        """The replicas serving `name` (one unless `deployments:` lists several)."""
+        found = self._deployments.get(name)
+        if found is None:
             if name in self._emb_cfg:
                 raise InvalidRequestError(
                     f"'{name}' is an embedding model; use /v1/embeddings or pick a chat model",
                     param="model",
                 )
             cfg = self.config(name)
-            self._chat[name] = chat_models.get(cfg.provider)(cfg)
-        return self._chat[name]
+            factory = chat_models.get(cfg.provider)
+            merged = [
+                (
+                    d.id or f"{name}#{i}",
+                    cfg.model_copy(
+                        update={
+                            **d.model_dump(exclude_none=True, exclude={"id"}),
+                            "deployments": [],
+                        }
+                    ),
+                )
+                for i, d in enumerate(cfg.deployments)
+            ] or [(name, cfg)]
+            found = [Deployment(name, dep_id, c, factory(c)) for dep_id, c in merged]
+            self._deployments[name] = found
+        return found
+
+    def chat(self, name: str) -> ChatModel:
+        """The first deployment's backend (direct use without routing)."""
+        return self.deployments(name)[0].backend
 
     def embedder(self, name: str) -> Embedder:
         if name not in self._emb:
@@ -80,16 +110,17 @@ class ModelCatalog:
     async def preload(self) -> None:
         """Load every model whose backend can load ahead of use (local weights)."""
         for name in self._chat_cfg:
-            model = self.chat(name)
-            if hasattr(model, "load"):
-                await model.load()
+            for deployment in self.deployments(name):
+                if hasattr(deployment.backend, "load"):
+                    await deployment.backend.load()
 
     async def aclose(self) -> None:
-        for chat in self._chat.values():
-            await chat.aclose()
+        for deployments in self._deployments.values():
+            for deployment in deployments:
+                await deployment.backend.aclose()
         for embedder in self._emb.values():
             await embedder.aclose()
-        self._chat.clear()
+        self._deployments.clear()
         self._emb.clear()
 
     def _not_found(self, name: str) -> ModelNotFoundError:

@@ -21,7 +21,7 @@ from typing import Any
 from llmforge.core.config import ModelConfig
 from llmforge.core.errors import (
     ConfigError,
-    InvalidRequestError,
+    ContextWindowExceededError,
     LLMForgeError,
     ModelError,
     OverloadedError,
@@ -160,7 +160,7 @@ class LlamaCppChatModel:
         )
         room = self._n_ctx - len(tokens)
         if room <= 0:
-            raise InvalidRequestError(
+            raise ContextWindowExceededError(
                 f"The prompt is {len(tokens)} tokens; model '{self.name}' has a context of "
                 f"{self._n_ctx}. Shorten the conversation or raise `context_length`.",
                 param="messages",

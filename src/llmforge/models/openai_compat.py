@@ -17,7 +17,13 @@ import httpx
 import orjson
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
-from llmforge.core.errors import ConfigError, UpstreamError, UpstreamTimeoutError
+from llmforge.core.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    LLMForgeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
 
 
@@ -66,7 +72,7 @@ class OpenAICompatClient:
         except httpx.TransportError as e:
             raise UpstreamError(f"model '{self.name}': cannot reach upstream: {e!r}") from None
         if r.status_code >= 400:
-            raise self._status_error(r.status_code, r.content)
+            raise self._status_error(r, r.content)
         try:
             return orjson.loads(r.content)
         except orjson.JSONDecodeError:
@@ -81,7 +87,7 @@ class OpenAICompatClient:
             r = await self._http.send(req, stream=True)
             try:
                 if r.status_code >= 400:
-                    raise self._status_error(r.status_code, await r.aread())
+                    raise self._status_error(r, await r.aread())
                 async for line in r.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -112,13 +118,17 @@ class OpenAICompatClient:
             f"model '{self.name}': upstream did not answer within the timeout"
         )
 
-    def _status_error(self, status: int, body: bytes) -> UpstreamError:
+    def _status_error(self, r: httpx.Response, body: bytes) -> LLMForgeError:
         try:
-            detail = _error_message(orjson.loads(body))
+            parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            detail = body[:200].decode("utf-8", "replace")
+            parsed = body[:200].decode("utf-8", "replace")
+        detail = _error_message(parsed)
+        message = f"model '{self.name}': upstream answered {r.status_code}: {detail}"
+        if r.status_code == 400 and "context_length_exceeded" in str(parsed):
+            return ContextWindowExceededError(message, param="messages")
         return UpstreamError(
-            f"model '{self.name}': upstream answered {status}: {detail}", status_code=status
+            message, status_code=r.status_code, retry_after_s=retry_after(r.headers)
         )
 
     async def aclose(self) -> None:
@@ -198,6 +208,17 @@ class OpenAICompatEmbedder:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from a Retry-After (or retry-after-ms) header, if present and numeric."""
+    ms = headers.get("retry-after-ms")
+    if ms and ms.replace(".", "", 1).isdigit():
+        return float(ms) / 1000
+    value = headers.get("retry-after")
+    if value and value.replace(".", "", 1).isdigit():
+        return float(value)
+    return None
 
 
 def _finish(reason: str | None) -> Any:

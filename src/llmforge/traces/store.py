@@ -31,9 +31,9 @@ traces = sa.Table(
     "traces",
     metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False),
     sa.Column("request", sa.JSON, nullable=False),
     sa.Column("output", sa.Text, nullable=False),
     sa.Column("prompt_tokens", sa.Integer, nullable=False),
@@ -43,14 +43,52 @@ traces = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("stream", sa.Boolean, nullable=False),
+    sa.Column("served_by", sa.String(200)),
+    sa.Column("deployment", sa.String(200)),
+    sa.Column("retries", sa.Integer, server_default="0"),
+    sa.Column("fallbacks", sa.JSON),
+    sa.Column("cache", sa.String(16)),
+    sa.Column("cost_usd", sa.Float, server_default="0"),
+    sa.Column("key_id", sa.String(40)),
 )
 
 
 def _create(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[traces])
+    sa.Table(
+        "traces", sa.MetaData(), *(c.copy() for c in traces.columns if c.name in _V1_COLUMNS)
+    ).create(conn)
+    conn.execute(sa.text("CREATE INDEX ix_traces_created_at ON traces (created_at)"))
+    conn.execute(sa.text("CREATE INDEX ix_traces_model ON traces (model)"))
 
 
-MIGRATIONS = [Migration("traces.0001_create", _create)]
+def _add_routing_columns(conn: Connection) -> None:
+    for col in ("served_by", "deployment", "retries", "fallbacks", "cache", "cost_usd", "key_id"):
+        column = traces.c[col]
+        ddl = column.type.compile(dialect=conn.dialect)
+        default = {"retries": " DEFAULT 0", "cost_usd": " DEFAULT 0"}.get(col, "")
+        conn.execute(sa.text(f"ALTER TABLE traces ADD COLUMN {col} {ddl}{default}"))
+    conn.execute(sa.text("CREATE INDEX ix_traces_key_id ON traces (key_id)"))
+
+
+_V1_COLUMNS = {
+    "id",
+    "created_at",
+    "kind",
+    "model",
+    "request",
+    "output",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "error",
+    "stream",
+}
+MIGRATIONS = [
+    Migration("traces.0001_create", _create),
+    Migration("traces.0002_routing", _add_routing_columns),
+]
 
 
 class Trace(BaseModel):
@@ -69,6 +107,13 @@ class Trace(BaseModel):
     status: Literal["ok", "error", "cancelled"] = "ok"
     error: str | None = None
     stream: bool = False
+    served_by: str | None = None
+    deployment: str | None = None
+    retries: int | None = 0
+    fallbacks: list[str] | None = None
+    cache: str | None = None
+    cost_usd: float | None = 0.0
+    key_id: str | None = None
 
 
 class TraceStore:

@@ -1,0 +1,107 @@
+"""`Call`: one request travelling the gateway — what was asked, by whom, and what happened to it.
+
+The HTTP routes and the CLI build a Call; admission (keys, limits, budgets), the cache, the router
+and the metrics each read or fill in their part; at the end it becomes the trace row. It is a plain
+mutable record with no behaviour beyond deriving the trace and the cost.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llmforge.core.config import Price
+from llmforge.core.types import Message, Sampling, Usage
+from llmforge.traces import Trace
+
+CacheState = Literal["off", "miss", "hit", "semantic_hit"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the API key's identity and its limits (None fields: unlimited)."""
+
+    key_id: str
+    name: str
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    master: bool = False
+
+
+@dataclass
+class Call:
+    model: str
+    messages: list[Message] = field(default_factory=list)
+    sampling: Sampling = field(default_factory=Sampling)
+    stream: bool = False
+    kind: Literal["chat", "embedding"] = "chat"
+    inputs: list[str] = field(default_factory=list)  # embedding calls
+    caller: Caller | None = None
+    use_cache: bool = True
+    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    created: int = field(default_factory=lambda: int(time.time()))
+    # filled in along the way
+    served_by: str | None = None
+    deployment: str | None = None
+    retries: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+    cache: CacheState = "off"
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    upstream_s: float = 0.0
+    ttft_s: float | None = None
+    output: str = ""
+    finish_reason: str | None = None
+    status: Literal["ok", "error", "cancelled"] = "ok"
+    error: str | None = None
+    error_type: str | None = None
+    reservation: object | None = None  # the budget ledger's handle, settled after the call
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def overhead_ms(self) -> float:
+        """The gateway's own time so far: everything but waiting on model backends."""
+        return max(self.elapsed_s() - self.upstream_s, 0.0) * 1000
+
+    def to_trace(self) -> Trace:
+        request: dict[str, object] = (
+            {"input": self.inputs}
+            if self.kind == "embedding"
+            else {
+                "messages": [m.model_dump(exclude_none=True) for m in self.messages],
+                "sampling": self.sampling.model_dump(exclude_none=True, exclude_defaults=True),
+            }
+        )
+        return Trace(
+            id=self.id,
+            kind=self.kind,
+            model=self.model,
+            request=request,
+            output=self.output,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+            latency_ms=self.elapsed_s() * 1000,
+            ttft_ms=None if self.ttft_s is None else self.ttft_s * 1000,
+            status=self.status,
+            error=self.error,
+            stream=self.stream,
+            served_by=self.served_by,
+            deployment=self.deployment,
+            retries=self.retries,
+            fallbacks=self.fallbacks,
+            cache=self.cache,
+            cost_usd=self.cost_usd,
+            key_id=self.caller.key_id if self.caller else None,
+        )
+
+
+def cost_usd(price: Price, usage: Usage) -> float:
+    return (
+        usage.prompt_tokens * price.input_per_mtok + usage.completion_tokens * price.output_per_mtok
+    ) / 1_000_000
