@@ -147,6 +147,7 @@ def test_serve_starts_the_api_and_the_chat_page(config: Path, tmp_path: Path) ->
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
             try:
                 if httpx.get(base + "/health", timeout=1).status_code == 200:
                     break

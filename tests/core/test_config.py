@@ -82,6 +82,10 @@ embeddings:
         ("- just\n- a list\n", "top level must be a mapping"),
         ("models: [\n", "is not valid YAML"),
         ("colour: blue\n", "colour: unknown key (allowed: database, server,"),
+        (
+            "models: [{name: x, provider: fake}]\nembeddings: [{name: x, provider: fake}]\n",
+            "x: used for both a chat and an embedding model",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -99,3 +103,13 @@ def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path / "e.yaml", "")).models[0].name == "local"
+
+
+def test_a_bad_environment_variable_is_blamed_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = write(tmp_path / "ok.yaml", "server: {port: 8001}\n")
+    monkeypatch.setenv("LLMFORGE_SERVER__PORT", "abc")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert err.value.message.startswith("environment variable LLMFORGE_SERVER__PORT: server.port:")

@@ -18,7 +18,7 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     with pytest.raises(UnknownNameError) as err:
         chat_models.get("gpt4all")
     assert "Unknown model provider 'gpt4all'" in err.value.message
-    assert "fake, llamacpp, openai" in err.value.message
+    assert "Known: " + ", ".join(chat_models.names()) + "." in err.value.message
 
 
 def test_registered_factories_are_returned_as_is() -> None:

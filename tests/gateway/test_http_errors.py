@@ -88,6 +88,27 @@ def test_non_text_content_and_tools_are_refused_not_ignored(live: tuple[str, Set
         b'"tools": [{"type": "function", "function": {"name": "f"}}]}'
     )
     assert_error(post(live[0], "/v1/chat/completions", tools), 400, "tools")
+    for extra, param in (
+        (b'"response_format": {"type": "json_object"}', "response_format"),
+        (b'"logprobs": true', "logprobs"),
+    ):
+        body = b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], ' + extra + b"}"
+        assert_error(post(live[0], "/v1/chat/completions", body), 400, param)
+
+
+def test_an_embedding_model_named_for_chat_is_a_400_that_says_so(
+    live: tuple[str, Settings],
+) -> None:
+    err = assert_error(
+        post(
+            live[0],
+            "/v1/chat/completions",
+            b'{"model": "hash", "messages": [{"role": "user", "content": "x"}]}',
+        ),
+        400,
+        "model",
+    )
+    assert "embedding model" in str(err["message"])
 
 
 def test_text_content_parts_are_accepted(live: tuple[str, Settings]) -> None:

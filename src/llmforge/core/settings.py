@@ -73,6 +73,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{key}: duplicate name(s) {', '.join(dupes)}; names must be unique"
                 )
+        shared = sorted(set(chat) & set(emb))
+        if shared:
+            raise ValueError(
+                f"{', '.join(shared)}: used for both a chat and an embedding model; "
+                "names must be unique across `models:` and `embeddings:`"
+            )
         if self.cache.semantic.enabled and self.cache.semantic.embedding not in emb:
             raise ValueError(
                 f"cache.semantic.embedding: '{self.cache.semantic.embedding}' is not under "
@@ -147,8 +153,18 @@ def format_validation_error(where: str, error: ValidationError, root: type[BaseM
             msg = "required key is missing"
         elif err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{where}: {key or '(top level)'}: {msg}")
+        lines.append(f"{_source(where, loc)}: {key or '(top level)'}: {msg}")
     return "\n".join(lines)
+
+
+def _source(where: str, loc: tuple[Any, ...]) -> str:
+    """The file, or the LLMFORGE_* variable when the environment set the offending key."""
+    parts = [str(p).upper() for p in loc if not isinstance(p, int)]
+    for n in range(len(parts), 0, -1):
+        var = "LLMFORGE_" + "__".join(parts[:n])
+        if var in os.environ:
+            return f"environment variable {var}"
+    return where
 
 
 def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -42,7 +42,7 @@ class Call:
     inputs: list[str] = field(default_factory=list)  # embedding calls
     caller: Caller | None = None
     use_cache: bool = True
-    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
+    id: str = ""
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
     # filled in along the way
@@ -61,6 +61,10 @@ class Call:
     error: str | None = None
     error_type: str | None = None
     reservation: object | None = None  # the budget ledger's handle, settled after the call
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = ("chatcmpl-" if self.kind == "chat" else "embd-") + uuid.uuid4().hex
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started

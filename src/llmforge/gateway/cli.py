@@ -45,8 +45,12 @@ async def _chat(
     settings: Settings, model: str, messages: list[Message], sampling: Sampling
 ) -> None:
     catalog = ModelCatalog.from_settings(settings)
-    recorder = TraceRecorder(TraceStore(open_engine(settings.database)))
-    gateway = Gateway(catalog, recorder, router=Router(catalog, settings.router))
+    recorder = TraceRecorder(TraceStore(open_engine(settings.database)), settings.traces.queue_size)
+    gateway = Gateway(
+        catalog,
+        recorder if settings.traces.enabled else None,
+        router=Router(catalog, settings.router),
+    )
     try:
         async for delta in gateway.stream(Call(model, messages, sampling, stream=True)):
             sys.stdout.write(delta.text)

@@ -57,6 +57,9 @@ class ChatCompletionRequest(WireModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
     user: str | None = None
 
     @field_validator("n")
@@ -66,12 +69,26 @@ class ChatCompletionRequest(WireModel):
             raise ValueError("only n=1 is supported; send several requests for several answers")
         return n
 
-    @field_validator("tools")
+    @field_validator("tools", "functions")
     @classmethod
     def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
         if tools:
             raise ValueError("tool calling is not supported by this endpoint yet")
         return tools
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+        if fmt and fmt.get("type") != "text":
+            raise ValueError("only response_format {'type': 'text'} is supported yet")
+        return fmt
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
+        if logprobs:
+            raise ValueError("logprobs are not supported yet")
+        return logprobs
 
     @field_validator("stop")
     @classmethod

@@ -46,6 +46,8 @@ class ModelCatalog:
             embedders.get(e.provider)
         self._deployments: dict[str, list[Deployment]] = {}
         self._emb: dict[str, Embedder] = {}
+        for name in self._chat_cfg:  # builds backends (cheap, no weights): bad paths fail now
+            self.deployments(name)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelCatalog:
@@ -60,17 +62,17 @@ class ModelCatalog:
         try:
             return self._chat_cfg[name]
         except KeyError:
+            if name in self._emb_cfg:
+                raise InvalidRequestError(
+                    f"'{name}' is an embedding model; use /v1/embeddings or pick a chat model",
+                    param="model",
+                ) from None
             raise self._not_found(name) from None
 
     def deployments(self, name: str) -> list[Deployment]:
         """The replicas serving `name` (one unless `deployments:` lists several)."""
         found = self._deployments.get(name)
         if found is None:
-            if name in self._emb_cfg:
-                raise InvalidRequestError(
-                    f"'{name}' is an embedding model; use /v1/embeddings or pick a chat model",
-                    param="model",
-                )
             cfg = self.config(name)
             factory = chat_models.get(cfg.provider)
             merged = [

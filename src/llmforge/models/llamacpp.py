@@ -41,7 +41,7 @@ class LlamaCppChatModel:
                 f"model '{config.name}': provider llamacpp needs `path` (a .gguf file)"
             )
         self.name = config.name
-        self._spec = config.path
+        self._path = resolve(config.path)
         self._n_ctx = config.context_length or DEFAULT_CONTEXT
         self._threads = config.threads or os.cpu_count() or 1
         self._template = config.chat_template
@@ -98,7 +98,7 @@ class LlamaCppChatModel:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        path: Path = resolve(self._spec)
+        path: Path = self._path
         try:
             llm = Llama(
                 model_path=str(path),
@@ -154,6 +154,9 @@ class LlamaCppChatModel:
 
         llm = self._ensure_loaded()
         assert self._format is not None
+        # Re-using the previous call's KV cache changes the numerics, so the same request could
+        # answer differently the second time: start clean for reproducible (greedy) output.
+        llm.reset()
         prompt = self._format(messages=[m.model_dump(exclude_none=True) for m in messages])
         tokens = llm.tokenize(
             prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True

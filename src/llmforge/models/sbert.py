@@ -45,6 +45,9 @@ class SentenceTransformerEmbedder:
     def _ensure_loaded(self) -> Any:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no "Loading weights" bars in the server's log
 
             path = resolve(self._spec, what="embedding model")
             try:
@@ -56,9 +59,13 @@ class SentenceTransformerEmbedder:
     def _embed(self, texts: list[str]) -> Embeddings:
         model = self._ensure_loaded()
         vectors = model.encode(
-            texts, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True
+            texts,
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
-        tokens = int(model.tokenize(texts)["attention_mask"].sum()) if texts else 0
+        tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"]) if texts else 0
         return Embeddings(vectors=vectors.tolist(), prompt_tokens=tokens)
 
 
