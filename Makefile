@@ -7,13 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint typecheck bench browser clean
+.PHONY: run test install lint typecheck bench browser redis clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# torch first and pinned: it must come from the CPU build, not a multi-GB CUDA wheel
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	@# torch first and pinned, from PyTorch's CPU index: PyPI's Linux wheel is a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
@@ -28,6 +28,19 @@ browser:
 		$(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 		echo "warning: could not install chromium; browser tests will be skipped"
 
+# A local Redis (Debian package) for the tests of state shared by several gateways: rate limits,
+# cache. Started once on REDIS_PORT and left running; tests reach it through LLMFORGE_TEST_REDIS_URL.
+REDIS_PORT ?= 6390
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq redis-server >/dev/null; } || \
+		echo "warning: could not install redis-server; the Redis tests will be skipped"
+	@redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 || ! command -v redis-server >/dev/null || \
+		redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
+			--dir /tmp --logfile /tmp/llmforge-redis-$(REDIS_PORT).log
+	@for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; \
+		sleep 0.2; done
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -35,8 +48,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install browser lint typecheck
-	$(BIN)/pytest $(ARGS)
+test: install browser redis lint typecheck
+	LLMFORGE_TEST_REDIS_URL="$${LLMFORGE_TEST_REDIS_URL:-$$(redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 \
+		&& echo redis://127.0.0.1:$(REDIS_PORT)/15)}" $(BIN)/pytest $(ARGS)
 
 bench: install
 	$(BIN)/python bench/local_decode.py
