@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import NamedTuple
 
 import pytest
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.types import Message, Sampling
 from llmforge.models import ChatModel, Embedder, chat_models, collect, embedders
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import serve
 
@@ -22,12 +24,33 @@ def upstream() -> Iterator[str]:
         yield base + "/v1"
 
 
-CHAT_CONFIGS: dict[str, Callable[[str], ModelConfig]] = {
+@pytest.fixture(scope="module")
+def anthropic_upstream() -> Iterator[str]:
+    with serve(FakeAnthropic().app) as base:
+        yield base
+
+
+class Upstreams(NamedTuple):
+    """Base URLs of the fake servers, one per wire protocol."""
+
+    openai: str
+    anthropic: str
+
+
+def _at_fake_openai(provider: str) -> Callable[[Upstreams], ModelConfig]:
+    return lambda up: ModelConfig(name="m", provider=provider, base_url=up.openai, model_id="echo")
+
+
+OPENAI_COMPATIBLE = ("openai", "deepseek", "qwen", "vllm", "llama-server", "ollama")
+CHAT_CONFIGS: dict[str, Callable[[Upstreams], ModelConfig]] = {
     "fake": lambda _: ModelConfig(name="m", provider="fake", responses=["red orange yellow green"]),
     "llamacpp": lambda _: ModelConfig(
         name="m", provider="llamacpp", path="builtin:smollm2", context_length=1024
     ),
-    "openai": lambda url: ModelConfig(name="m", provider="openai", base_url=url, model_id="echo"),
+    **{provider: _at_fake_openai(provider) for provider in OPENAI_COMPATIBLE},
+    "anthropic": lambda up: ModelConfig(
+        name="m", provider="anthropic", base_url=up.anthropic, model_id="echo"
+    ),
 }
 EMBED_CONFIGS: dict[str, Callable[[str], EmbeddingConfig]] = {
     "fake": lambda _: EmbeddingConfig(name="e", provider="fake", dimensions=16),
@@ -44,8 +67,10 @@ def test_every_registered_backend_is_covered() -> None:
 
 
 @pytest.fixture(params=sorted(CHAT_CONFIGS))
-async def chat(request: pytest.FixtureRequest, upstream: str) -> AsyncIterator[ChatModel]:
-    config = CHAT_CONFIGS[request.param](upstream)
+async def chat(
+    request: pytest.FixtureRequest, upstream: str, anthropic_upstream: str
+) -> AsyncIterator[ChatModel]:
+    config = CHAT_CONFIGS[request.param](Upstreams(upstream, anthropic_upstream))
     model = chat_models.get(config.provider)(config)
     yield model
     await model.aclose()

@@ -270,3 +270,31 @@ def test_new_chat_and_delete(page: Page, base_url: str) -> None:
     item.locator(".conversation-delete").click()
     expect(item).to_have_count(0)
     assert httpx.get(f"{base_url}/api/conversations/{cid}").status_code == 404
+
+
+def test_with_api_keys_on_the_page_asks_for_a_key_and_then_works(
+    browser: Browser, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        None,
+        database=f"sqlite:///{tmp_path / 'keys.db'}",
+        models=MODELS[:1],
+        embeddings=[],
+        server={"preload": False},
+        master_key="sk-test-master",
+    )
+    with serve(create_web_app(settings)) as base:
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            page.goto(base + "/")
+            expect(page.locator("#error")).to_contain_text("Set your API key")
+            page.once("dialog", lambda dialog: dialog.accept("sk-test-master"))
+            page.click("#api-key")
+            expect(page.locator("#model-select option")).to_have_count(1)
+            send(page, "fake", "hello with a key")
+            expect(page.locator(".message.assistant")).to_contain_text("Hello from the fake model")
+            assert httpx.get(base + "/api/conversations").status_code == 401
+        finally:
+            context.close()

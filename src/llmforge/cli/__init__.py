@@ -16,6 +16,7 @@ from llmforge import __version__
 from llmforge.core.cli import ConfigOption, settings_for
 from llmforge.core.errors import LLMForgeError
 from llmforge.gateway.cli import chat
+from llmforge.gateway.keys_cli import app as keys_app
 from llmforge.models.cli import app as models_app
 from llmforge.traces.cli import app as traces_app
 
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(traces_app, name="traces")
+app.add_typer(keys_app, name="keys")
 app.command()(chat)
 
 
@@ -76,6 +78,8 @@ def serve(
 
 def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("LLMFORGE_DEBUG") == "1"
+    if "--debug" in sys.argv[2:]:  # accepted after the command too
+        sys.argv = [a for a in sys.argv if a != "--debug"]
     try:
         app()
     except LLMForgeError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -51,6 +51,12 @@ class ModelConfig(Section):
     )
     timeout_s: float = Field(60.0, gt=0)
     context_length: int | None = Field(None, gt=0, description="context window in tokens")
+    max_output_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="max_tokens given to requests of keys with a budget or TPM limit that set none "
+        "(default: context_length, else 4096), so their cost has an upper bound",
+    )
     threads: int | None = Field(None, gt=0, description="CPU threads for local inference")
     max_queue: int = Field(16, ge=0, description="requests that may wait for a busy local model")
     chat_template: str | None = Field(
@@ -78,6 +84,15 @@ class EmbeddingConfig(Section):
     timeout_s: float = Field(60.0, gt=0)
     batch_size: int = Field(32, gt=0)
     dimensions: int | None = Field(None, gt=0, description="fake provider: vector size")
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="sentence-transformers: run through PyTorch or ONNX Runtime"
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="sentence-transformers with backend onnx: int8 dynamic quantization"
+    )
+    onnx_dir: str = Field(
+        ".llmforge/onnx", description="where ONNX exports of local weights are cached"
+    )
 
 
 class ServerConfig(Section):
@@ -118,6 +133,59 @@ class TracesConfig(Section):
     queue_size: int = Field(
         1000, gt=0, description="traces waiting to be written before callers wait"
     )
+
+
+class RerankerConfig(Section):
+    """A second-stage reranker of knowledge-base search results."""
+
+    provider: str = Field(
+        "cross-encoder", min_length=1, description="a name in the `llmforge.rerankers` registry"
+    )
+    path: str = Field(min_length=1, description="local folder of the reranker's weights")
+    candidates: int = Field(
+        20, gt=0, description="fused results rescored by the reranker (at least k are)"
+    )
+    batch_size: int = Field(16, gt=0)
+
+
+class KBSearchConfig(Section):
+    k: int = Field(5, gt=0, description="results returned when a search names none")
+    fusion: Literal["convex", "rrf", "dense", "bm25"] = Field(
+        "convex", description="how dense and BM25 results are combined"
+    )
+    dense_weight: float = Field(
+        0.7, ge=0, le=1, description="convex fusion: weight of the dense score (BM25 gets the rest)"
+    )
+
+
+class KBConfig(Section):
+    """Knowledge bases: where they live, how they are chunked, embedded, stored and searched."""
+
+    path: str = Field(".llmforge/kb", description="folder holding one sub-folder per knowledge base")
+    store: str = Field(
+        "lancedb", min_length=1, description="a name in the `llmforge.vectorstores` registry"
+    )
+    qdrant_url: str | None = Field(None, description="store qdrant: server URL (else local)")
+    qdrant_api_key_env: str | None = Field(None, description="store qdrant: API key variable")
+    qdrant_path: str | None = Field(
+        None, description="store qdrant without url: local folder (default: inside the KB's folder)"
+    )
+    embedding: str | None = Field(None, description="an `embeddings:` name (default: the first)")
+    embedding_backend: Literal["onnx-int8", "onnx", "torch", "as-configured"] = Field(
+        "onnx-int8",
+        description="sentence-transformers embedders: backend used for knowledge bases",
+    )
+    chunk_tokens: int = Field(256, ge=16, description="chunk size in the embedder's tokens")
+    chunk_overlap: int = Field(32, ge=0, description="tokens shared by neighbouring chunks")
+    batch_chunks: int = Field(256, gt=0, description="chunks embedded per batch during ingest")
+    search: KBSearchConfig = Field(default_factory=KBSearchConfig)
+    reranker: RerankerConfig | None = None
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> KBConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        return self
 
 
 DEFAULT_MODELS = [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")]

@@ -22,6 +22,7 @@ from llmforge.core.config import (
     DEFAULT_MODELS,
     CacheConfig,
     EmbeddingConfig,
+    KBConfig,
     ModelConfig,
     RouterConfig,
     ServerConfig,
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     )
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     embeddings: list[EmbeddingConfig] = Field(default_factory=lambda: list(DEFAULT_EMBEDDINGS))
+    kb: KBConfig = Field(default_factory=KBConfig)
     config_path: Path | None = Field(None, exclude=True, description="file loaded, if any")
 
     @classmethod
@@ -83,6 +85,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"cache.semantic.embedding: '{self.cache.semantic.embedding}' is not under "
                 f"`embeddings:`; known: {', '.join(emb) or '(none)'}"
+            )
+        if self.kb.embedding is not None and self.kb.embedding not in emb:
+            raise ValueError(
+                f"kb.embedding: '{self.kb.embedding}' is not under `embeddings:`; "
+                f"known: {', '.join(emb) or '(none)'}"
             )
         for m in self.models:
             unknown = [f for f in m.fallbacks if f not in chat]

@@ -33,8 +33,14 @@ from llmforge.core.errors import (
 )
 from llmforge.core.settings import Settings
 from llmforge.core.types import Delta
+from llmforge.gateway.admin import add_admin_routes
+from llmforge.gateway.admission import KeyAdmission
+from llmforge.gateway.anthropic_wire import anthropic_error_body, speaks_anthropic
 from llmforge.gateway.body_limit import BodyLimitMiddleware
+from llmforge.gateway.cache import build_cache
 from llmforge.gateway.call import Call, Caller
+from llmforge.gateway.keys import KeyStore
+from llmforge.gateway.metrics import GatewayMetrics, InFlightMiddleware
 from llmforge.gateway.router import Router
 from llmforge.gateway.service import Gateway
 from llmforge.gateway.wire import (
@@ -68,6 +74,7 @@ class AppContext:
     recorder: TraceRecorder
     gateway: Gateway
     authenticate: Callable[[Request], Awaitable[Caller | None]] = no_auth
+    metrics: GatewayMetrics | None = None  # extensions may add families to metrics.registry
 
 
 Extension = Callable[[FastAPI, AppContext], None]
@@ -89,23 +96,37 @@ def create_app(
     catalog = catalog or ModelCatalog.from_settings(settings)
     store = TraceStore(engine)
     recorder = TraceRecorder(store, settings.traces.queue_size)
+    router = Router(catalog, settings.router)
+    admission = KeyAdmission.from_settings(settings, KeyStore(engine), catalog, router.plan)
+    metrics = GatewayMetrics(router)
+    cache = build_cache(settings, engine, catalog)
     gateway = Gateway(
         catalog,
         recorder if settings.traces.enabled else None,
-        router=Router(catalog, settings.router),
+        router=router,
+        admission=admission,
+        cache=cache,
+        observers=[metrics],
     )
-    ctx = AppContext(settings, engine, catalog, store, recorder, gateway)
+    ctx = AppContext(settings, engine, catalog, store, recorder, gateway, metrics=metrics)
+    ctx.authenticate = admission.authenticate
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         recorder.start()
+        await admission.start()
         preload = asyncio.create_task(catalog.preload()) if settings.server.preload else None
+        if preload is not None:
+            preload.add_done_callback(_report_preload)
         try:
             yield
         finally:
             if preload is not None:
                 preload.cancel()
             await gateway.drain()
+            await admission.aclose()
+            if cache is not None:
+                await cache.aclose()
             await recorder.stop()
             await catalog.aclose()
             engine.dispose()
@@ -114,10 +135,22 @@ def create_app(
     app.state.ctx = ctx
     _install_error_handlers(app)
     _add_routes(app, ctx)
+    # imported here: the Anthropic routes use this module's helpers (call_headers, open_stream)
+    from llmforge.gateway.anthropic_routes import add_anthropic_routes
+
+    add_anthropic_routes(app, ctx)
+    add_admin_routes(app, admission, [m.name for m in catalog.infos()])
     for extend in extensions:
         extend(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(InFlightMiddleware, gauge=metrics.in_flight)
     return app
+
+
+def _report_preload(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        message = error.message if isinstance(error, LLMForgeError) else repr(error)
+        log.error("loading models failed: %s", message)
 
 
 def _add_routes(app: FastAPI, ctx: AppContext) -> None:
@@ -127,11 +160,17 @@ def _add_routes(app: FastAPI, ctx: AppContext) -> None:
     async def health() -> Response:
         return json_response({"status": "ok", "version": __version__})
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        assert ctx.metrics is not None
+        return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
+
     @app.get("/v1/models")
-    async def list_models() -> Response:
-        return json_response(
-            models_body([(m.name, m.kind, m.provider) for m in ctx.catalog.infos()])
-        )
+    async def list_models(request: Request) -> Response:
+        caller = await ctx.authenticate(request)
+        scope = caller.models if caller is not None else None  # a key sees the models it may use
+        infos = [m for m in ctx.catalog.infos() if scope is None or m.name in scope]
+        return json_response(models_body([(m.name, m.kind, m.provider) for m in infos]))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
@@ -141,20 +180,15 @@ def _add_routes(app: FastAPI, ctx: AppContext) -> None:
             sampling=req.sampling(),
             stream=req.stream,
             caller=await ctx.authenticate(request),
-            use_cache=request.headers.get(CACHE_HEADER, "").lower() not in ("no", "no-cache", "0"),
+            use_cache=wants_cache(request),
         )
         if not req.stream:
             completion = await gateway.complete(call)
             body = completion_body(call.id, req.model, call.created, completion)
             return json_response(body, headers=call_headers(call))
-        stream = gateway.stream(call)
-        try:
-            first = await anext(stream)  # failures before the first token are plain HTTP errors
-        except BaseException:
-            await stream.aclose()
-            raise
+        first, stream = await open_stream(gateway, call)
         events = _sse(first, stream, call.id, req.model, call.created, req.include_usage)
-        headers = {**call_headers(call), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        headers = {**call_headers(call), **STREAM_HEADERS}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/embeddings")
@@ -178,6 +212,23 @@ def _add_routes(app: FastAPI, ctx: AppContext) -> None:
 
 
 CACHE_HEADER = "x-llmforge-cache"
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def wants_cache(request: Request) -> bool:
+    """False when the client sends `x-llmforge-cache: no` (or `no-cache`, `0`)."""
+    return request.headers.get(CACHE_HEADER, "").lower() not in ("no", "no-cache", "0")
+
+
+async def open_stream(gateway: Gateway, call: Call) -> tuple[Delta, AsyncGenerator[Delta, None]]:
+    """The first delta and the rest of the call's stream. A failure before the first token closes
+    the stream and is raised, so it leaves as a plain HTTP error."""
+    stream = gateway.stream(call)
+    try:
+        return await anext(stream), stream
+    except BaseException:
+        await stream.aclose()
+        raise
 
 
 def call_headers(call: Call) -> dict[str, str]:
@@ -227,41 +278,59 @@ async def _sse(
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LLMForgeError)
-    async def forge_error(_request: Request, e: LLMForgeError) -> Response:
+    async def forge_error(request: Request, e: LLMForgeError) -> Response:
         headers = {}
         if isinstance(e, OverloadedError | RateLimitError) and not isinstance(
             e, BudgetExceededError
         ):
             headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
-        return json_response(
-            error_body(e.message, e.error_type, e.param, e.code), e.http_status, headers
+        return error_response(
+            request, e.http_status, e.message, e.error_type, e.param, e.code, headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, e: RequestValidationError) -> Response:
+    async def invalid_request(request: Request, e: RequestValidationError) -> Response:
         message, param = describe_validation_error(e.errors())
-        return json_response(
-            error_body(message, "invalid_request_error", param, "invalid_request"), 400
+        return error_response(
+            request, 400, message, "invalid_request_error", param, "invalid_request"
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, e: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         detail = e.detail if isinstance(e.detail, str) else "HTTP error"
         kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        return json_response(
-            error_body(detail, kind, None, code), e.status_code, dict(e.headers or {})
+        return error_response(
+            request, e.status_code, detail, kind, None, code, dict(e.headers or {})
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, e: Exception) -> Response:
+    async def unexpected(request: Request, e: Exception) -> Response:
         log.exception("unhandled error")
-        return json_response(
-            error_body(
-                "Internal server error; see the server log.", "server_error", None, "internal_error"
-            ),
+        return error_response(
+            request,
             500,
+            "Internal server error; see the server log.",
+            "server_error",
+            None,
+            "internal_error",
         )
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error in the shape of the API the request spoke: Anthropic's on its routes, else
+    OpenAI's."""
+    if speaks_anthropic(request.url.path):
+        return json_response(anthropic_error_body(status, message), status, headers)
+    return json_response(error_body(message, type_, param, code), status, headers)
 
 
 def describe_validation_error(errors: Any) -> tuple[str, str | None]:

@@ -1,17 +1,28 @@
 """Routing: which deployment serves a call, and what happens when it fails.
 
-For a call to model M the router walks the plan [M, *M.fallbacks]. For each model it picks the least
-busy healthy deployment (replica); a failed attempt is retried with exponential back-off (honouring
-the upstream's Retry-After when it is short enough), preferring another replica; when a model's
-retries are spent or its failure is not worth retrying, the next model of the plan is tried. A
-prompt too long for a model skips straight to the next one (context-window fallback).
+For a call to model M the router walks the plan [M, *M.fallbacks]. For each model it picks a
+deployment (replica): one that is ready before one that asked us to wait, one not yet tried by this
+call before one that failed it, then the least busy (ties at random). A failed attempt is retried
+with exponential back-off, preferring another replica; when a model's retries are spent or its
+failure is not worth retrying, the next model of the plan is tried. A prompt too long for a model
+skips straight to the next one (context-window fallback), whether the router's cheap pre-check or
+the backend says so. A client's mistake (an `InvalidRequestError`, or an upstream answering
+400/413/422) is raised at once: not retried, not fallen back from, not held against the deployment.
+
+An upstream's `Retry-After` rests that deployment for as long as it asked, for every call: another
+replica is used at once; if none is ready the router waits, up to `max_backoff_s`, and past that
+falls back to the next model.
 
 Each deployment has a circuit breaker: after `circuit_failures` consecutive failures it is taken out
-for `circuit_cooldown_s`, then one probe request is let through; success closes it again.
+for `circuit_cooldown_s`, then one probe call is let through; its success closes the circuit, its
+failure opens it for another cooldown. Only signs that the deployment is broken count: not a
+client's mistake, a context window too small, an overloaded deployment (`OverloadedError`: it rests
+for its Retry-After instead) or a client that went away.
 
 Streams are routed the same way up to their first delta: a stream that fails before producing
 anything falls back like any other call; once a delta has been sent, a failure ends the stream with
-an error.
+an error (and counts against the deployment). The router does not time calls itself: each
+backend enforces its model's `timeout_s`, and a timeout is retried like any other upstream failure.
 """
 
 from __future__ import annotations
@@ -38,20 +49,28 @@ from llmforge.gateway.call import Call
 from llmforge.models import Deployment, ModelCatalog
 
 T = TypeVar("T")
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}  # 529: Anthropic "overloaded"
 CircuitState = Literal["closed", "open", "half_open"]
 
 
 @dataclass
 class Circuit:
+    """One deployment's health: consecutive failures, when its circuit opened, whether a probe is
+    out, and until when the upstream asked to be left alone (Retry-After)."""
+
     failures: int = 0
     opened_at: float | None = None
     probing: bool = False
+    resting_until: float = 0.0
 
     def state(self, now: float, cooldown_s: float) -> CircuitState:
         if self.opened_at is None:
             return "closed"
         return "half_open" if now - self.opened_at >= cooldown_s else "open"
+
+    def admits(self, now: float, cooldown_s: float) -> bool:
+        state = self.state(now, cooldown_s)
+        return state == "closed" or (state == "half_open" and not self.probing)
 
 
 class Router:
@@ -68,7 +87,7 @@ class Router:
             return await dep.backend.complete(call.messages, call.sampling)
 
         dep, completion = await self._route(call, attempt)
-        self._release(dep)
+        self._settle(dep, None)
         return completion
 
     async def stream(self, call: Call) -> AsyncGenerator[Delta, None]:
@@ -81,15 +100,25 @@ class Router:
                 raise
 
         dep, (deltas, first) = await self._route(call, attempt)
+        finished = first.finish_reason is not None
+        ended: BaseException | None = None
         try:
             yield first
             async for delta in deltas:
+                finished = delta.finish_reason is not None
                 yield delta
+        except BaseException as e:
+            ended = e
+            raise
         finally:
-            await deltas.aclose()
-            self._release(dep)
+            try:
+                await deltas.aclose()  # may be cancelled again (the client went away)
+            finally:
+                # a stream closed after its last delta (the usual way consumers stop) succeeded
+                self._settle(dep, None if finished else ended)
 
     def circuit_states(self) -> dict[str, CircuitState]:
+        """Every deployment that has failed at least once since start, and its circuit's state."""
         now = time.monotonic()
         return {
             dep_id: c.state(now, self.config.circuit_cooldown_s)
@@ -105,113 +134,160 @@ class Router:
     async def _route(
         self, call: Call, attempt: Callable[[Deployment], Awaitable[T]]
     ) -> tuple[Deployment, T]:
-        last: LLMForgeError | None = None
-        previous: str | None = None
-        for model in self.plan(call.model):
-            if previous is not None:
-                call.fallbacks.append(previous)  # it failed: falling back from it
-            previous = model
-            config = self.catalog.config(model)
-            if _too_long(call, config.context_length):
-                last = ContextWindowExceededError(
-                    f"The prompt is too long for model '{model}' "
-                    f"(context_length {config.context_length}).",
-                    param="messages",
-                )
+        """The first success along the plan, its deployment still acquired (see `_settle`); or
+        the last model's error."""
+        plan = self.plan(call.model)
+        error: LLMForgeError | None = None
+        for i, model in enumerate(plan):
+            if i:
+                call.fallbacks.append(plan[i - 1])  # it failed: falling back from it
+            outcome = await self._serve(call, model, attempt)
+            if not isinstance(outcome, LLMForgeError):
+                call.served_by, call.deployment = model, outcome[0].id
+                return outcome
+            error = outcome
+        assert error is not None  # the plan is never empty
+        raise error
+
+    async def _serve(
+        self, call: Call, model: str, attempt: Callable[[Deployment], Awaitable[T]]
+    ) -> tuple[Deployment, T] | LLMForgeError:
+        """One model's attempts: a success, or the error to fall back from. A client's mistake
+        is raised: every model would refuse it."""
+        config = self.catalog.config(model)
+        if _too_long(call, config.context_length):
+            return ContextWindowExceededError(
+                f"The prompt is too long for model '{model}' "
+                f"(context_length {config.context_length}); shorten it or configure a fallback "
+                "with a larger context.",
+                param="messages",
+            )
+        retries = self.config.retries if config.retries is None else config.retries
+        tried: set[str] = set()
+        error: LLMForgeError | None = None
+        delay = 0.0
+        for n in range(retries + 1):
+            picked = self._pick(model, avoid=tried)
+            if isinstance(picked, LLMForgeError):
+                return error or picked
+            dep, wait = picked
+            if n:
+                call.retries += 1
+            tried.add(dep.id)
+            self._acquire(dep)  # before any pause: the pick must count for concurrent calls
+            try:
+                result = await self._attempt(call, dep, max(delay, wait), attempt)
+            except BaseException as e:
+                self._settle(dep, e)
+                if not isinstance(e, LLMForgeError) or not _deployment_failure(e):
+                    raise  # cancelled, a bug, or the client's mistake
+                error = e
+                if not _retryable(e):
+                    return e
+                delay = self._backoff(n)
                 continue
-            retries = self.config.retries if config.retries is None else config.retries
-            tried: set[str] = set()
-            for n in range(retries + 1):
-                dep = self._pick(model, avoid=tried)
-                if dep is None:
-                    last = last or OverloadedError(
-                        f"every deployment of '{model}' is cooling down after failures"
-                    )
-                    break
-                if n:
-                    call.retries += 1
-                tried.add(dep.id)
-                self._acquire(dep)
-                start = time.perf_counter()
-                try:
-                    result = await attempt(dep)
-                except LLMForgeError as e:
-                    call.upstream_s += time.perf_counter() - start
-                    self._release(dep)
-                    if not _deployment_failure(e):
-                        raise  # the client's mistake: every model would refuse it
-                    last = e
-                    if isinstance(e, ContextWindowExceededError):
-                        break  # no use retrying this model
-                    self._failed(dep)
-                    if not _retryable(e) or n == retries:
-                        break
-                    delay = self._delay(n, e)
-                    if delay is None:
-                        break  # upstream asks for a longer wait than we allow: fall back now
-                    await asyncio.sleep(delay)
-                    continue
-                except BaseException:
-                    call.upstream_s += time.perf_counter() - start
-                    self._release(dep)
-                    raise
-                call.upstream_s += time.perf_counter() - start
-                self._succeeded(dep)
-                call.served_by, call.deployment = model, dep.id
-                return dep, result
-        assert last is not None
-        raise last
+            return dep, result
+        assert error is not None
+        return error
+
+    async def _attempt(
+        self,
+        call: Call,
+        dep: Deployment,
+        pause: float,
+        attempt: Callable[[Deployment], Awaitable[T]],
+    ) -> T:
+        if pause > 0:
+            await asyncio.sleep(pause)
+        start = time.perf_counter()
+        try:
+            return await attempt(dep)
+        finally:
+            call.upstream_s += time.perf_counter() - start
 
     # -- deployments and circuits ---------------------------------------------------------------
 
-    def _pick(self, model: str, avoid: set[str]) -> Deployment | None:
+    def _pick(self, model: str, avoid: set[str]) -> tuple[Deployment, float] | OverloadedError:
+        """The deployment to try next and how long it asked us to wait first; or why none can be
+        tried now."""
         now = time.monotonic()
         cooldown = self.config.circuit_cooldown_s
-        usable = []
+        ranked: list[tuple[tuple[float, bool, int], Deployment]] = []
+        reopens = []
         for dep in self.catalog.deployments(model):
-            circuit = self._circuits.get(dep.id)
-            state = circuit.state(now, cooldown) if circuit else "closed"
-            if state == "open" or (state == "half_open" and circuit and circuit.probing):
+            circuit = self._circuits.get(dep.id) or Circuit()
+            if not circuit.admits(now, cooldown):
+                if circuit.opened_at is not None:
+                    reopens.append(circuit.opened_at + cooldown - now)
                 continue
-            usable.append(dep)
-        if not usable:
-            return None
-        fresh = [d for d in usable if d.id not in avoid] or usable
-        least = min(self._inflight.get(d.id, 0) for d in fresh)
-        dep = random.choice([d for d in fresh if self._inflight.get(d.id, 0) == least])
-        circuit = self._circuits.get(dep.id)
-        if circuit and circuit.state(now, cooldown) == "half_open":
-            circuit.probing = True
-        return dep
+            wait = max(circuit.resting_until - now, 0.0)
+            ranked.append(((wait, dep.id in avoid, self._inflight.get(dep.id, 0)), dep))
+        if not ranked:
+            retry_in = max(min(reopens, default=cooldown), 0.0)
+            return OverloadedError(
+                f"Every deployment of '{model}' is out after repeated failures (circuit open); "
+                f"retry in {retry_in:.1f}s or configure `fallbacks` for it.",
+                retry_after_s=retry_in,
+            )
+        best = min(rank for rank, _ in ranked)
+        wait = best[0]
+        if wait > self.config.max_backoff_s:
+            return OverloadedError(
+                f"Every deployment of '{model}' asked to be left alone for {wait:.1f}s more "
+                "(Retry-After), longer than router.max_backoff_s; retry later or configure "
+                "`fallbacks` for it.",
+                retry_after_s=wait,
+            )
+        return random.choice([dep for rank, dep in ranked if rank == best]), wait
 
     def _acquire(self, dep: Deployment) -> None:
         self._inflight[dep.id] = self._inflight.get(dep.id, 0) + 1
+        circuit = self._circuits.get(dep.id)
+        if circuit is not None and circuit.opened_at is not None:
+            circuit.probing = True  # half-open: this call is the probe
 
-    def _release(self, dep: Deployment) -> None:
+    def _settle(self, dep: Deployment, error: BaseException | None) -> None:
+        """An acquired attempt is over: success (None), the deployment's failure, or neither."""
         self._inflight[dep.id] -= 1
-
-    def _failed(self, dep: Deployment) -> None:
+        circuit = self._circuits.get(dep.id)
+        if error is None:
+            if circuit is not None:
+                self._circuits[dep.id] = Circuit(resting_until=circuit.resting_until)
+            return
+        if not (isinstance(error, LLMForgeError) and _counts_against(error)):
+            if circuit is not None:
+                circuit.probing = False  # a probe that proved nothing: let another one through
+            return
+        now = time.monotonic()
         circuit = self._circuits.setdefault(dep.id, Circuit())
         circuit.failures += 1
         circuit.probing = False
         if circuit.opened_at is not None or circuit.failures >= self.config.circuit_failures:
-            circuit.opened_at = time.monotonic()
-
-    def _succeeded(self, dep: Deployment) -> None:
-        if dep.id in self._circuits:
-            self._circuits[dep.id] = Circuit()
-
-    def _delay(self, attempt: int, error: LLMForgeError) -> float | None:
+            circuit.opened_at = now
         asked = getattr(error, "retry_after_s", None)
         if asked is not None:
-            return asked if asked <= self.config.max_backoff_s else None
+            circuit.resting_until = max(circuit.resting_until, now + asked)
+
+    def _backoff(self, attempt: int) -> float:
         base = self.config.backoff_s * (2**attempt)
         return min(base * random.uniform(0.8, 1.2), self.config.max_backoff_s)
 
 
 def _deployment_failure(e: LLMForgeError) -> bool:
     """Whether another deployment or model might succeed where this one failed."""
-    return isinstance(e, ModelError | OverloadedError | ConfigError | ContextWindowExceededError)
+    if isinstance(e, ContextWindowExceededError):
+        return True
+    if e.http_status == 400:
+        return False  # the upstream found the request itself invalid
+    return isinstance(e, ModelError | OverloadedError | ConfigError)
+
+
+def _counts_against(e: LLMForgeError) -> bool:
+    """Whether the failure says the deployment is broken (for its circuit). A busy one
+    (`OverloadedError`) is not: it rests for its Retry-After instead."""
+    return _deployment_failure(e) and not isinstance(
+        e, ContextWindowExceededError | OverloadedError
+    )
 
 
 def _retryable(e: LLMForgeError) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
@@ -84,6 +85,7 @@ class Gateway:
         self.catalog.config(call.model)
         await self._admit(call)
         parts: list[str] = []
+        cached: Completion | None = None
         try:
             cached = await self._lookup(call)
             deltas = replay(cached) if cached else self.router.stream(call)
@@ -99,11 +101,8 @@ class Gateway:
                     yield delta
             finally:
                 await deltas.aclose()
-            if cached is None and call.finish_reason in ("stop", "length"):
-                completion = Completion(
-                    text="".join(parts), finish_reason=call.finish_reason, usage=call.usage
-                )
-                await self._store(call, completion)
+        except GeneratorExit:  # closed by the consumer: after the final delta, a normal end
+            raise
         except BaseException as e:
             _failed(call, e)
             raise
@@ -111,13 +110,20 @@ class Gateway:
             call.output = "".join(parts)
             if call.status == "ok" and call.finish_reason in (None, "cancelled"):
                 call.status = "cancelled"
-            self._finish_soon(call)  # no awaiting here: a cancelled stream may not wait
+            answer = None
+            if cached is None and call.status == "ok" and call.finish_reason in ("stop", "length"):
+                answer = Completion(
+                    text=call.output, finish_reason=call.finish_reason, usage=call.usage
+                )
+            self._finish_soon(call, answer)  # no awaiting here: a cancelled stream may not wait
 
     async def embed(self, call: Call) -> Embeddings:
         backend = self.catalog.embedder(call.model)
         await self._admit(call)
         try:
+            start = time.perf_counter()
             result = await backend.embed(call.inputs)
+            call.upstream_s += time.perf_counter() - start
             call.usage = Usage(prompt_tokens=result.prompt_tokens)
             dims = len(result.vectors[0]) if result.vectors else 0
             call.output = f"{len(result.vectors)} vectors of {dims}"
@@ -159,10 +165,17 @@ class Gateway:
             await self.admission.settle(call)
         self._record(call)
 
-    def _finish_soon(self, call: Call) -> None:
-        task = asyncio.get_running_loop().create_task(self._finish(call))
+    def _finish_soon(self, call: Call, answer: Completion | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._store_and_finish(call, answer))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _store_and_finish(self, call: Call, answer: Completion | None) -> None:
+        try:
+            if answer is not None:
+                await self._store(call, answer)
+        finally:
+            await self._finish(call)
 
     def _record(self, call: Call) -> None:
         for observer in self.observers:

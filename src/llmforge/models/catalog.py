@@ -15,6 +15,7 @@ from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.errors import InvalidRequestError, ModelNotFoundError
 from llmforge.core.settings import Settings
 from llmforge.models.base import ChatModel, Embedder, chat_models, embedders
+from llmforge.models.profiles import fill_facts
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ModelCatalog:
     def __init__(
         self, models: Sequence[ModelConfig], embeddings: Sequence[EmbeddingConfig]
     ) -> None:
-        self._chat_cfg = {m.name: m for m in models}
+        self._chat_cfg = {m.name: fill_facts(m) for m in models}
         self._emb_cfg = {e.name: e for e in embeddings}
         for m in models:
             chat_models.get(m.provider)

@@ -1,20 +1,25 @@
 """Client for any OpenAI-compatible server: OpenAI, DeepSeek, Qwen/DashScope (compatible mode),
-vLLM,
-llama-server, Ollama, or another LLMForge.
+vLLM, llama-server, Ollama, or another LLMForge; and the HTTP plumbing other vendor adapters share.
 
-One client, configured by data (`base_url`, `api_key_env`, `model_id`, `timeout_s`); no per-vendor
-branches. Transport failures and error statuses are translated into the LLMForge error tree here, at
-the boundary.
+One client, configured by data (`base_url`, `api_key_env`, `model_id`, `timeout_s`); vendor defaults
+come from `profiles.py`, filled in by the factories, so there are no per-vendor branches.
+`HttpUpstream` is the part every vendor API has in common (pooled connections, JSON POST, SSE,
+transport failures); a subclass says only how its vendor authenticates and spells errors. Transport
+failures and error statuses are translated into the LLMForge error tree here, at the boundary.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
+from yarl import URL
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.errors import (
@@ -25,33 +30,61 @@ from llmforge.core.errors import (
     UpstreamTimeoutError,
 )
 from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
+from llmforge.models.profiles import fill
 
 
-class OpenAICompatClient:
-    """Shared HTTP plumbing: one pooled httpx client per configured model."""
+class HttpUpstream:
+    """Shared HTTP plumbing: one pooled aiohttp session per configured model, made on first use in
+    the event loop that uses it. (aiohttp, not httpx: with a fast upstream the HTTP client is most
+    of the gateway's own CPU time per call, and httpx's is several times aiohttp's.)
 
-    def __init__(
-        self,
-        name: str,
-        base_url: str | None,
-        api_key_env: str | None,
-        model_id: str | None,
-        timeout_s: float,
-    ) -> None:
-        if not base_url:
-            raise ConfigError(
-                f"model '{name}': provider openai needs `base_url` (e.g. http://host/v1)"
-            )
+    The defaults speak OpenAI's dialect (bearer key, `{"error": ...}` events). Another vendor's
+    subclass sets `headers` (sent with every request) and `context_exceeded` (the text by which its
+    400 body says the prompt is too long), and overrides `_auth_headers` / `_event_error`."""
+
+    headers: ClassVar[dict[str, str]] = {}
+    context_exceeded: ClassVar[str] = "context_length_exceeded"
+
+    def __init__(self, name: str, base_url: str, api_key_env: str | None, timeout_s: float) -> None:
         self.name = name
-        self.model_id = model_id or name
         self._api_key_env = api_key_env
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        self._base_url = base_url.rstrip("/") + "/"
+        self._proxy = env_proxy(self._base_url)  # HTTP(S)_PROXY / NO_PROXY, read once
+        # `connect` also bounds the wait for a free pooled connection
+        self._timeouts = aiohttp.ClientTimeout(
+            total=None, connect=timeout_s, sock_connect=min(timeout_s, 10.0), sock_read=timeout_s
         )
+        self._urls: dict[str, URL] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _headers(self) -> dict[str, str]:
+    def _http(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256),
+                timeout=self._timeouts,
+                proxy=self._proxy,
+            )
+            self._loop = loop
+        return self._session
+
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self._base_url + path)
+        return url
+
+    def _auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def _event_error(self, event: dict[str, Any]) -> LLMForgeError | None:
+        """The error an SSE event reports, if it is one."""
+        if "error" in event:
+            return UpstreamError(f"model '{self.name}': {error_message(event)}")
+        return None
+
+    def _key_headers(self) -> dict[str, str]:
         if not self._api_key_env:
             return {}
         key = os.environ.get(self._api_key_env)
@@ -60,35 +93,35 @@ class OpenAICompatClient:
                 f"model '{self.name}': environment variable {self._api_key_env} is not set; "
                 "export it or change `api_key_env` in llmforge.yaml"
             )
-        return {"Authorization": f"Bearer {key}"}
+        return self._auth_headers(key)
 
     async def post(self, path: str, payload: dict[str, Any]) -> Any:
         try:
-            r = await self._http.post(
-                path, content=orjson.dumps(payload), headers=self._json_headers()
-            )
-        except httpx.TimeoutException:
+            async with self._http().post(
+                self._url(path), data=orjson.dumps(payload), headers=self._json_headers()
+            ) as r:
+                body = await r.read()
+        except TimeoutError:
             raise self._timeout() from None
-        except httpx.TransportError as e:
-            raise UpstreamError(f"model '{self.name}': cannot reach upstream: {e!r}") from None
-        if r.status_code >= 400:
-            raise self._status_error(r, r.content)
+        except aiohttp.ClientError as e:
+            raise self._unreachable(e) from None
+        if r.status >= 400:
+            raise self._status_error(r.status, r.headers, body)
         try:
-            return orjson.loads(r.content)
+            return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"model '{self.name}': upstream sent invalid JSON") from None
 
     async def sse(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST and yield each `data:` event of the SSE answer as a dict, up to `[DONE]`."""
+        """POST and yield each `data:` event of the SSE answer as a dict, up to `[DONE]` or the
+        end of the stream. Closing the iterator early closes the upstream connection."""
         try:
-            req = self._http.build_request(
-                "POST", path, content=orjson.dumps(payload), headers=self._json_headers()
-            )
-            r = await self._http.send(req, stream=True)
-            try:
-                if r.status_code >= 400:
-                    raise self._status_error(r, await r.aread())
-                async for line in r.aiter_lines():
+            async with self._http().post(
+                self._url(path), data=orjson.dumps(payload), headers=self._json_headers()
+            ) as r:
+                if r.status >= 400:
+                    raise self._status_error(r.status, r.headers, await r.read())
+                async for line in _lines(r.content):
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -100,45 +133,98 @@ class OpenAICompatClient:
                         raise UpstreamError(
                             f"model '{self.name}': bad SSE event {data[:80]!r}"
                         ) from None
-                    if isinstance(event, dict) and "error" in event:
-                        raise UpstreamError(f"model '{self.name}': {_error_message(event)}")
+                    if not isinstance(event, dict):
+                        continue
+                    if (error := self._event_error(event)) is not None:
+                        raise error
                     yield event
-            finally:
-                await r.aclose()
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise self._timeout() from None
-        except httpx.TransportError as e:
+        except aiohttp.ClientConnectorError as e:
+            raise self._unreachable(e) from None
+        except aiohttp.ClientError as e:
             raise UpstreamError(f"model '{self.name}': upstream connection failed: {e!r}") from None
 
     def _json_headers(self) -> dict[str, str]:
-        return {"Content-Type": "application/json", **self._headers()}
+        return {"Content-Type": "application/json", **self.headers, **self._key_headers()}
 
     def _timeout(self) -> UpstreamTimeoutError:
         return UpstreamTimeoutError(
             f"model '{self.name}': upstream did not answer within the timeout"
         )
 
-    def _status_error(self, r: httpx.Response, body: bytes) -> LLMForgeError:
+    def _unreachable(self, e: Exception) -> UpstreamError:
+        return UpstreamError(
+            f"model '{self.name}': cannot reach upstream {self._base_url}: {e!r}; "
+            "check `base_url` in llmforge.yaml and that the server is running"
+        )
+
+    def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> LLMForgeError:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             parsed = body[:200].decode("utf-8", "replace")
-        detail = _error_message(parsed)
-        message = f"model '{self.name}': upstream answered {r.status_code}: {detail}"
-        if r.status_code == 400 and "context_length_exceeded" in str(parsed):
+        detail = error_message(parsed)
+        message = f"model '{self.name}': upstream answered {status}: {detail}"
+        if status == 400 and self.context_exceeded in str(parsed):
             return ContextWindowExceededError(message, param="messages")
-        return UpstreamError(
-            message, status_code=r.status_code, retry_after_s=retry_after(r.headers)
-        )
+        return UpstreamError(message, status_code=status, retry_after_s=retry_after(headers))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _lines(body: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The lines of a body as it arrives (ended by `\\n`, `\\r\\n` or `\\r`)."""
+    pending = b""
+    async for chunk in body.iter_any():
+        lines = (pending + chunk).splitlines(keepends=True)
+        pending = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
+        for line in lines:
+            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`)."""
+    host = urlsplit(url).hostname
+    if host is None or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(urlsplit(url).scheme)
+
+
+class OpenAICompatClient(HttpUpstream):
+    """An OpenAI-compatible server: bearer key, OpenAI error bodies."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str | None,
+        api_key_env: str | None,
+        model_id: str | None,
+        timeout_s: float,
+        provider: str = "openai",
+    ) -> None:
+        if not base_url:
+            raise ConfigError(
+                f"model '{name}': provider {provider} needs `base_url` (e.g. http://host/v1)"
+            )
+        super().__init__(name, base_url, api_key_env, timeout_s)
+        self.model_id = model_id or name
 
 
 class OpenAICompatChatModel:
     def __init__(self, config: ModelConfig) -> None:
         self._client = OpenAICompatClient(
-            config.name, config.base_url, config.api_key_env, config.model_id, config.timeout_s
+            config.name,
+            config.base_url,
+            config.api_key_env,
+            config.model_id,
+            config.timeout_s,
+            config.provider,
         )
 
     def _payload(
@@ -193,7 +279,12 @@ class OpenAICompatChatModel:
 class OpenAICompatEmbedder:
     def __init__(self, config: EmbeddingConfig) -> None:
         self._client = OpenAICompatClient(
-            config.name, config.base_url, config.api_key_env, config.model_id, config.timeout_s
+            config.name,
+            config.base_url,
+            config.api_key_env,
+            config.model_id,
+            config.timeout_s,
+            config.provider,
         )
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
@@ -210,7 +301,7 @@ class OpenAICompatEmbedder:
         await self._client.aclose()
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from a Retry-After (or retry-after-ms) header, if present and numeric."""
     ms = headers.get("retry-after-ms")
     if ms and ms.replace(".", "", 1).isdigit():
@@ -233,7 +324,9 @@ def _usage(raw: dict[str, Any] | None) -> Usage:
     )
 
 
-def _error_message(body: Any) -> str:
+def error_message(body: Any) -> str:
+    """The human part of a vendor's error body (`{"error": {"message": ...}}` in both OpenAI's and
+    Anthropic's shape), or the body itself."""
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
@@ -243,8 +336,10 @@ def _error_message(body: Any) -> str:
 
 
 def create(config: ModelConfig) -> OpenAICompatChatModel:
-    return OpenAICompatChatModel(config)
+    """The factory of `openai` and of every OpenAI-compatible vendor profile (`deepseek`, `qwen`,
+    `vllm`, `llama-server`, `ollama`): the same client, the provider's defaults filled in."""
+    return OpenAICompatChatModel(fill(config))
 
 
 def create_embedder(config: EmbeddingConfig) -> OpenAICompatEmbedder:
-    return OpenAICompatEmbedder(config)
+    return OpenAICompatEmbedder(fill(config))

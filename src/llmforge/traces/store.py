@@ -30,7 +30,7 @@ metadata = sa.MetaData()
 traces = sa.Table(
     "traces",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("model", sa.String(200), nullable=False),

@@ -32,7 +32,7 @@ CONTENT_SECURITY_POLICY = (
 
 def mount(app: FastAPI, ctx: AppContext) -> None:
     """Add the conversations API, the page at `/` and its assets at `/static/`."""
-    add_routes(app, ConversationStore(ctx.engine))
+    add_routes(app, ConversationStore(ctx.engine), ctx.authenticate)
     index = STATIC_DIR / "index.html"
 
     @app.get("/", include_in_schema=False)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection, Engine
@@ -25,6 +26,9 @@ from sqlalchemy.engine import Connection, Engine
 from llmforge.core.db import Migration, migrate
 from llmforge.core.errors import NotFoundError
 from llmforge.gateway.app import json_response
+from llmforge.gateway.call import Caller
+
+Authenticate = Callable[..., Awaitable[Caller | None]]
 
 TITLE_MAX_CHARS = 60
 
@@ -253,36 +257,41 @@ def _not_found(conversation_id: str) -> NotFoundError:
 # -- the routes ------------------------------------------------------------------------------------
 
 
-def add_routes(app: FastAPI, store: ConversationStore) -> None:
-    """`/api/conversations`: plain `def` routes, so blocking store calls run in the threadpool."""
+def add_routes(app: FastAPI, store: ConversationStore, authenticate: Authenticate) -> None:
+    """`/api/conversations`: plain `def` routes, so blocking store calls run in the threadpool.
 
-    @app.get("/api/conversations")
+    When API keys are on (a master key is set), every route needs a valid key."""
+    router = APIRouter(dependencies=[Depends(authenticate)])
+
+    @router.get("/api/conversations")
     def list_conversations(limit: int = Query(100, ge=1, le=1000)) -> Response:
         data = [c.model_dump() for c in store.list(limit)]
         return json_response({"object": "list", "data": data})
 
-    @app.post("/api/conversations")
+    @router.post("/api/conversations")
     def create_conversation(body: ConversationCreate | None = None) -> Response:
         created = store.create(body.title, body.model) if body else store.create()
         return json_response(created.model_dump(), 201)
 
-    @app.get("/api/conversations/{conversation_id}")
+    @router.get("/api/conversations/{conversation_id}")
     def get_conversation(conversation_id: str) -> Response:
         return json_response(store.get(conversation_id).model_dump())
 
-    @app.patch("/api/conversations/{conversation_id}")
+    @router.patch("/api/conversations/{conversation_id}")
     def patch_conversation(conversation_id: str, body: ConversationPatch) -> Response:
         return json_response(store.update(conversation_id, body).model_dump())
 
-    @app.delete("/api/conversations/{conversation_id}")
+    @router.delete("/api/conversations/{conversation_id}")
     def delete_conversation(conversation_id: str) -> Response:
         store.delete(conversation_id)
         return json_response(
             {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
         )
 
-    @app.post("/api/conversations/{conversation_id}/messages")
+    @router.post("/api/conversations/{conversation_id}/messages")
     def append_message(conversation_id: str, body: MessageCreate) -> Response:
         return json_response(
             store.append(conversation_id, body.role, body.content).model_dump(), 201
         )
+
+    app.include_router(router)

@@ -18,6 +18,7 @@
     conversationsEmpty: $("conversations-empty"),
     title: $("chat-title"),
     model: $("model-select"),
+    apiKey: $("api-key"),
     error: $("error"),
     errorText: $("error-text"),
     errorClose: $("error-close"),
@@ -46,7 +47,10 @@
     }
     try {
       const body = JSON.parse(text);
-      if (body && body.error && body.error.message) return body.error.message;
+      if (body && body.error && body.error.message) {
+        const hint = resp.status === 401 ? " Set your API key with the key button at the top." : "";
+        return body.error.message + hint;
+      }
       if (body && body.detail) return String(body.detail);
     } catch (_) {
       /* not JSON */
@@ -59,8 +63,16 @@
     return new Error(`Network error: the server cannot be reached (${err.message || err}).`);
   }
 
+  // API key (only needed when the server has a master key): kept in this browser only.
+  const KEY_STORAGE = "llmforge.apiKey";
+  function authHeaders(headers) {
+    const key = localStorage.getItem(KEY_STORAGE);
+    if (key) headers.Authorization = `Bearer ${key}`;
+    return headers;
+  }
+
   async function api(method, path, body) {
-    const init = { method, headers: { Accept: "application/json" } };
+    const init = { method, headers: authHeaders({ Accept: "application/json" }) };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -85,7 +97,7 @@
     try {
       resp = await fetch("/v1/chat/completions", {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
         body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true } }),
         signal,
       });
@@ -594,6 +606,16 @@
         showError(`Could not change the conversation's model: ${err.message}`);
       }
     }
+  });
+
+  el.apiKey.addEventListener("click", async () => {
+    const current = localStorage.getItem(KEY_STORAGE) || "";
+    const entered = window.prompt("API key for this server (kept in this browser only):", current);
+    if (entered === null) return;
+    if (entered.trim()) localStorage.setItem(KEY_STORAGE, entered.trim());
+    else localStorage.removeItem(KEY_STORAGE);
+    clearError();
+    await Promise.all([loadModels(), loadConversations()]);
   });
 
   async function start() {
