@@ -15,10 +15,12 @@ import openai
 import pytest
 from fastapi import FastAPI
 
+from llmforge.core.db import open_engine
 from llmforge.core.settings import Settings, load_settings
 from llmforge.core.types import Message
 from llmforge.gateway import create_app
 from llmforge.gateway.admission import prompt_token_bound
+from llmforge.traces import TraceStore
 from tests.fakes.server import free_port, serve
 
 MASTER = "master-test-key"
@@ -121,6 +123,27 @@ def test_token_limit_without_max_tokens_uses_the_models_output_cap(tmp_path: Pat
         reply = sdk.chat.completions.create(model="fake", messages=HI)
         assert reply.choices[0].finish_reason == "length"  # max_tokens was set to the cap
         assert reply.usage is not None and reply.usage.completion_tokens == 2
+
+
+def test_refused_calls_are_traced_like_any_other(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path)
+    with serve(create_app(settings)) as url:
+        sdk = client(url, new_key(url, rpm=1))
+        sdk.chat.completions.create(model="fake", messages=HI)
+        with pytest.raises(openai.RateLimitError):
+            sdk.chat.completions.create(model="fake", messages=HI)
+    store = TraceStore(open_engine(settings.database))
+    statuses = sorted((t.status, t.error or "") for t in store.list())
+    assert [s for s, _ in statuses] == ["error", "ok"]
+    assert "requests per minute" in statuses[0][1]
+
+
+def test_keys_without_max_tokens_get_a_modest_cap_not_the_whole_context(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path, models=[{**MODELS[0], "context_length": 128_000}])
+    with serve(create_app(settings)) as url:
+        client(url, new_key(url, tpm=100_000)).chat.completions.create(model="fake", messages=HI)
+    (trace,) = TraceStore(open_engine(settings.database)).list()
+    assert trace.request["sampling"]["max_tokens"] == 4096
 
 
 # -- Redis: limits shared by several gateway processes -------------------------------------------

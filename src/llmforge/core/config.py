@@ -161,7 +161,9 @@ class KBSearchConfig(Section):
 class KBConfig(Section):
     """Knowledge bases: where they live, how they are chunked, embedded, stored and searched."""
 
-    path: str = Field(".llmforge/kb", description="folder holding one sub-folder per knowledge base")
+    path: str = Field(
+        ".llmforge/kb", description="folder holding one sub-folder per knowledge base"
+    )
     store: str = Field(
         "lancedb", min_length=1, description="a name in the `llmforge.vectorstores` registry"
     )

@@ -19,7 +19,8 @@
   conditional UPDATE (see keys.py) and settled to the actual cost after it, whether the call
   succeeded, failed or was cancelled; so spend never passes the budget, however many calls run at
   once. A key with a budget or TPM limit whose request gives no max_tokens gets the model's
-  `max_output_tokens` (else `context_length`, else 4096) as its max_tokens, which keeps the bound.
+  `max_output_tokens` (else 4096, or the context length if smaller) as its max_tokens, which keeps
+  the bound without reserving a whole context window per call.
 
 Admission and settlement run shielded from cancellation: a client that goes away mid-admission
 still has what was taken given back. This module does not price calls (the gateway sets
@@ -338,7 +339,9 @@ class KeyAdmission:
 
     def output_cap(self, model: str) -> int:
         config = self.catalog.config(model)
-        return config.max_output_tokens or config.context_length or DEFAULT_OUTPUT_CAP
+        return config.max_output_tokens or min(
+            DEFAULT_OUTPUT_CAP, config.context_length or DEFAULT_OUTPUT_CAP
+        )
 
     def token_bound(self, call: Call) -> int:
         if call.kind == "embedding":

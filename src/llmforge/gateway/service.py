@@ -143,8 +143,15 @@ class Gateway:
     # -- steps ----------------------------------------------------------------------------------
 
     async def _admit(self, call: Call) -> None:
-        if self.admission is not None:
+        """Refusals (scope, limits, budget) are recorded like any other failed call."""
+        if self.admission is None:
+            return
+        try:
             await self.admission.admit(call)
+        except BaseException as e:
+            _failed(call, e)
+            self._record(call)
+            raise
 
     async def _lookup(self, call: Call) -> Completion | None:
         if self.cache is None or not call.use_cache:
