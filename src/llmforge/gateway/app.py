@@ -9,6 +9,7 @@ types and nothing else. Every error leaves as an OpenAI-style JSON body; a clien
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -118,9 +119,14 @@ def create_app(
         preload = asyncio.create_task(catalog.preload()) if settings.server.preload else None
         if preload is not None:
             preload.add_done_callback(_report_preload)
+        # What exists now (modules, routes, schemas: ~100k objects) lives as long as the app: out
+        # of the collector's sight, a full collection under load takes ~2 ms instead of ~100 ms.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             if preload is not None:
                 preload.cancel()
             await gateway.drain()

@@ -1,6 +1,7 @@
 """ASGI middleware that refuses request bodies over a size limit with 413, before they are buffered.
 
-It checks `Content-Length` up front and counts bytes of chunked bodies as they arrive.
+It checks `Content-Length` up front (a body that declares its length is passed through untouched:
+the server reads no more than that) and counts bytes of chunked bodies as they arrive.
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = chunked = False
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(send)
-                return
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.max_bytes:
+                    await self._refuse(send)
+                    return
+                declared = True
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared and not chunked:  # the server reads no more than Content-Length bytes
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = refused = False
 

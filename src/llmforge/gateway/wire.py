@@ -117,18 +117,12 @@ class ChatCompletionRequest(WireModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class WireUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, usage: Usage) -> WireUsage:
-        return cls(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-        )
+def usage_body(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
 
 
 def completion_body(cid: str, model: str, created: int, completion: Completion) -> dict[str, Any]:
@@ -145,7 +139,7 @@ def completion_body(cid: str, model: str, created: int, completion: Completion) 
                 "logprobs": None,
             }
         ],
-        "usage": WireUsage.of(completion.usage).model_dump(),
+        "usage": usage_body(completion.usage),
     }
 
 
@@ -181,7 +175,7 @@ def usage_chunk_body(cid: str, model: str, created: int, usage: Usage) -> dict[s
         "created": created,
         "model": model,
         "choices": [],
-        "usage": WireUsage.of(usage).model_dump(),
+        "usage": usage_body(usage),
     }
 
 
