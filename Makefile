@@ -12,8 +12,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# torch first and pinned, from PyTorch's CPU index: PyPI's Linux wheel is a multi-GB CUDA build
-	$(BIN)/python -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+	@# torch first and pinned: 2.13.0 is a CPU build on local disk (pip's find-links); an unpinned
+	@# torch from PyPI would be a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
