@@ -386,7 +386,7 @@ def report(result: dict[str, Any], console: Console) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=5, help="measured runs per side")
+    parser.add_argument("--runs", type=int, default=10, help="measured runs per side")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cli_process import llmforge
 from tests.fakes.server import free_port
 
 FAKE_CONFIG = """
@@ -29,19 +30,6 @@ embeddings:
   - name: hash
     provider: fake
 """
-
-
-def llmforge(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmforge", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture

@@ -249,6 +249,20 @@ def test_missing_max_tokens_is_a_400_naming_it(live: tuple[str, Settings]) -> No
     }
 
 
+def test_oversized_body_is_a_413_in_anthropics_shape(live: tuple[str, Settings]) -> None:
+    limit = live[1].server.max_body_bytes
+    huge = [{"role": "user", "content": "x" * (limit + 1)}]
+    r = httpx.post(
+        live[0] + "/v1/messages",
+        json={"model": "fake", "max_tokens": 5, "messages": huge},
+        timeout=30,
+    )
+    assert r.status_code == 413
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "request_too_large"
+    assert "server.max_body_bytes" in body["error"]["message"]
+
+
 def test_authentication_errors_come_in_anthropics_shape(tmp_path: Path) -> None:
     settings = load_settings(
         None,

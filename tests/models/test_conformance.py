@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
+from llmforge.core.settings import load_settings
 from llmforge.core.types import Message, Sampling
-from llmforge.models import ChatModel, Embedder, chat_models, collect, embedders
+from llmforge.kb import shared_knowledge_bases
+from llmforge.models import ChatModel, Embedder, ModelCatalog, chat_models, collect, embedders
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import serve
@@ -51,6 +55,7 @@ CHAT_CONFIGS: dict[str, Callable[[Upstreams], ModelConfig]] = {
     "anthropic": lambda up: ModelConfig(
         name="m", provider="anthropic", base_url=up.anthropic, model_id="echo"
     ),
+    "rag": lambda _: ModelConfig(name="m", provider="rag", kb="colours", model="writer"),
 }
 EMBED_CONFIGS: dict[str, Callable[[str], EmbeddingConfig]] = {
     "fake": lambda _: EmbeddingConfig(name="e", provider="fake", dimensions=16),
@@ -62,18 +67,48 @@ EMBED_CONFIGS: dict[str, Callable[[str], EmbeddingConfig]] = {
 
 
 def test_every_registered_backend_is_covered() -> None:
-    assert set(chat_models.names()) <= set(CHAT_CONFIGS)
-    assert set(embedders.names()) <= set(EMBED_CONFIGS)
+    # what the package declares (other tests register throwaway names of their own)
+    declared = {ep.name for ep in entry_points(group="llmforge.models")}
+    assert declared <= set(CHAT_CONFIGS) and declared <= set(chat_models.names())
+    declared = {ep.name for ep in entry_points(group="llmforge.embedders")}
+    assert declared <= set(EMBED_CONFIGS) and declared <= set(embedders.names())
 
 
 @pytest.fixture(params=sorted(CHAT_CONFIGS))
 async def chat(
-    request: pytest.FixtureRequest, upstream: str, anthropic_upstream: str
+    request: pytest.FixtureRequest,
+    upstream: str,
+    anthropic_upstream: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ChatModel]:
     config = CHAT_CONFIGS[request.param](Upstreams(upstream, anthropic_upstream))
-    model = chat_models.get(config.provider)(config)
+    if config.provider == "rag":  # built on other parts: a knowledge base and a chat model
+        tmp = tmp_path_factory.mktemp("rag")
+        catalog = await _rag_catalog(tmp, config)
+        yield catalog.chat(config.name)
+        await catalog.aclose()
+        return
+    model = chat_models.get(config.provider)(config, ModelCatalog([], []))
     yield model
     await model.aclose()
+
+
+async def _rag_catalog(tmp: Path, config: ModelConfig) -> ModelCatalog:
+    writer = {"name": "writer", "provider": "fake", "responses": ["red orange yellow green"]}
+    settings = load_settings(
+        None,
+        database=f"sqlite:///{tmp / 'rag.db'}",
+        embeddings=[{"name": "e", "provider": "fake", "dimensions": 512}],
+        kb={"path": str(tmp / "kbs")},
+        models=[writer, config.model_dump()],
+    )
+    catalog = ModelCatalog.from_settings(settings)
+    (tmp / "rainbow.txt").write_text(
+        "Name three colours of the rainbow: red, orange and yellow come first.", encoding="utf-8"
+    )
+    kb = await shared_knowledge_bases(catalog).create("colours")
+    await kb.ingest([tmp / "rainbow.txt"])
+    return catalog
 
 
 @pytest.fixture(params=sorted(EMBED_CONFIGS))

@@ -76,7 +76,7 @@ class FlakyChatModel:
         return None
 
 
-def flaky(_config: ModelConfig) -> FlakyChatModel:
+def flaky(_config: ModelConfig, _context: object = None) -> FlakyChatModel:
     return FlakyChatModel()
 
 

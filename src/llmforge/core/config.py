@@ -34,6 +34,31 @@ class Deployment(Section):
     timeout_s: float | None = Field(None, gt=0)
 
 
+class RagOptions(Section):
+    """Provider `rag`: how a knowledge base grounds the wrapped model's answers."""
+
+    retrieval: Literal["auto", "always", "model"] = Field(
+        "auto",
+        description="when to search: `auto` skips greetings and thanks, `always` searches every "
+        "turn, `model` lets the wrapped model decide and write the queries",
+    )
+    k: int | None = Field(
+        None, gt=0, le=50, description="passages given to the model (kb.search.k)"
+    )
+    max_searches: int = Field(3, ge=1, le=8, description="queries searched per turn, at most")
+    min_relevance: float = Field(
+        0.2,
+        ge=-1,
+        le=1,
+        description="a passage whose cosine similarity to every query is below this is dropped; "
+        "when none is left the answer says the knowledge base does not cover the question",
+    )
+    max_context_tokens: int = Field(
+        1500, gt=0, description="passage text given to the model, about 4 characters a token"
+    )
+    system_prompt: str | None = Field(None, description="replaces the built-in instructions")
+
+
 class ModelConfig(Section):
     """One chat model clients can name. Which keys matter depends on the provider (see docs)."""
 
@@ -62,6 +87,9 @@ class ModelConfig(Section):
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the model's"
     )
+    kb: str | None = Field(None, description="provider rag: the knowledge base searched")
+    model: str | None = Field(None, description="provider rag: the chat model that answers")
+    rag: RagOptions = Field(default_factory=RagOptions, description="provider rag: options")
     fallbacks: list[str] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list, description="replicas")
     retries: int | None = Field(None, ge=0, description="retries per deployment (router default)")
@@ -150,11 +178,14 @@ class RerankerConfig(Section):
 
 class KBSearchConfig(Section):
     k: int = Field(5, gt=0, description="results returned when a search names none")
-    fusion: Literal["convex", "rrf", "dense", "bm25"] = Field(
-        "convex", description="how dense and BM25 results are combined"
+    fusion: Literal["corroborated", "zscore", "minmax", "rrf", "dense", "bm25"] = Field(
+        "corroborated", description="how dense and BM25 results are combined"
     )
     dense_weight: float = Field(
-        0.7, ge=0, le=1, description="convex fusion: weight of the dense score (BM25 gets the rest)"
+        0.7,
+        ge=0,
+        le=1,
+        description="zscore/minmax fusion: weight of dense (BM25 gets the rest)",
     )
 
 
@@ -179,7 +210,7 @@ class KBConfig(Section):
     )
     chunk_tokens: int = Field(256, ge=16, description="chunk size in the embedder's tokens")
     chunk_overlap: int = Field(32, ge=0, description="tokens shared by neighbouring chunks")
-    batch_chunks: int = Field(256, gt=0, description="chunks embedded per batch during ingest")
+    batch_chunks: int = Field(1024, gt=0, description="chunks embedded per batch during ingest")
     search: KBSearchConfig = Field(default_factory=KBSearchConfig)
     reranker: RerankerConfig | None = None
 

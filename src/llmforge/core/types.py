@@ -8,7 +8,7 @@ native types.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,11 @@ class Sampling(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="constrain the answer to JSON matching this schema (grammar-constrained for "
+        "local models, `response_format` upstream); backends without support ignore it",
+    )
 
 
 class Usage(BaseModel):
@@ -47,12 +52,30 @@ class Usage(BaseModel):
         return self.prompt_tokens + self.completion_tokens
 
 
+class Source(BaseModel):
+    """A passage an answer is grounded in; the answer cites it as `[number]`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int = Field(ge=1)
+    id: str = Field(description="the chunk's id in its knowledge base")
+    kb: str
+    source: str = Field(description="the document: file path or upload name")
+    title: str | None = None
+    heading: str | None = Field(None, description="heading path inside the document")
+    page: int | None = None
+    text: str = Field(description="the passage as given to the model")
+    score: float | None = None
+    cited: bool = Field(False, description="the answer's text carries this source's marker")
+
+
 class Completion(BaseModel):
     """A whole answer."""
 
     text: str
     finish_reason: FinishReason = "stop"
     usage: Usage = Field(default_factory=Usage)
+    sources: tuple[Source, ...] = ()
 
 
 class Delta(BaseModel):
@@ -61,6 +84,9 @@ class Delta(BaseModel):
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    sources: tuple[Source, ...] = Field(
+        (), description="grounded answers: set on the final Delta (with finish_reason)"
+    )
 
 
 class Embeddings(BaseModel):

@@ -28,6 +28,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
     529: "overloaded_error",

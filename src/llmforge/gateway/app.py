@@ -40,6 +40,8 @@ from llmforge.gateway.anthropic_wire import anthropic_error_body, speaks_anthrop
 from llmforge.gateway.body_limit import BodyLimitMiddleware
 from llmforge.gateway.cache import build_cache
 from llmforge.gateway.call import Call, Caller
+from llmforge.gateway.evals_routes import add_eval_routes
+from llmforge.gateway.kb_routes import add_kb_routes
 from llmforge.gateway.keys import KeyStore
 from llmforge.gateway.metrics import GatewayMetrics, InFlightMiddleware
 from llmforge.gateway.router import Router
@@ -146,6 +148,8 @@ def create_app(
 
     add_anthropic_routes(app, ctx)
     add_admin_routes(app, admission, [m.name for m in catalog.infos()])
+    add_kb_routes(app, ctx)
+    add_eval_routes(app, ctx)
     for extend in extensions:
         extend(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
@@ -270,7 +274,11 @@ async def _sse(
             if delta.text:
                 yield event(chunk_body(cid, model, created, text=delta.text))
             if delta.finish_reason:
-                yield event(chunk_body(cid, model, created, finish=delta.finish_reason))
+                yield event(
+                    chunk_body(
+                        cid, model, created, finish=delta.finish_reason, sources=delta.sources
+                    )
+                )
                 if usage and delta.usage:
                     yield event(usage_chunk_body(cid, model, created, delta.usage))
                 break

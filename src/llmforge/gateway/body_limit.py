@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from llmforge.gateway.anthropic_wire import anthropic_error_body, speaks_anthropic
 from llmforge.gateway.wire import error_body
 
 Scope = dict[str, Any]
@@ -28,7 +29,7 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit():
                 if int(value) > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return
                 declared = True
             elif name == b"transfer-encoding":
@@ -47,7 +48,7 @@ class BodyLimitMiddleware:
                 if seen > self.max_bytes and not refused:
                     refused = True
                     if not started:
-                        await self._refuse(send)
+                        await self._refuse(scope, send)
                     return {
                         "type": "http.disconnect"
                     }  # the app stops reading; its answer is dropped
@@ -62,14 +63,13 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, scope: Scope, send: Any) -> None:
+        """413 in the shape of the API the request spoke (Anthropic's on /v1/messages)."""
+        message = f"Request body is larger than {self.max_bytes} bytes (server.max_body_bytes)."
         body = orjson.dumps(
-            error_body(
-                f"Request body is larger than {self.max_bytes} bytes (server.max_body_bytes).",
-                "invalid_request_error",
-                None,
-                "request_too_large",
-            )
+            anthropic_error_body(413, message)
+            if speaks_anthropic(scope.get("path", ""))
+            else error_body(message, "invalid_request_error", None, "request_too_large")
         )
         await send(
             {

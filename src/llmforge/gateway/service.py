@@ -18,7 +18,7 @@ from typing import Protocol
 
 from llmforge.core.config import RouterConfig
 from llmforge.core.errors import LLMForgeError
-from llmforge.core.types import Completion, Delta, Embeddings, Usage
+from llmforge.core.types import Completion, Delta, Embeddings, Source, Usage
 from llmforge.gateway.call import Call, cost_usd
 from llmforge.gateway.router import Router
 from llmforge.models import ModelCatalog
@@ -85,6 +85,7 @@ class Gateway:
         self.catalog.config(call.model)
         await self._admit(call)
         parts: list[str] = []
+        sources: tuple[Source, ...] = ()
         cached: Completion | None = None
         try:
             cached = await self._lookup(call)
@@ -98,6 +99,7 @@ class Gateway:
                         self._account(call, delta.usage)
                     if delta.finish_reason:
                         call.finish_reason = delta.finish_reason
+                    sources = delta.sources or sources
                     yield delta
             finally:
                 await deltas.aclose()
@@ -113,7 +115,10 @@ class Gateway:
             answer = None
             if cached is None and call.status == "ok" and call.finish_reason in ("stop", "length"):
                 answer = Completion(
-                    text=call.output, finish_reason=call.finish_reason, usage=call.usage
+                    text=call.output,
+                    finish_reason=call.finish_reason,
+                    usage=call.usage,
+                    sources=sources,
                 )
             self._finish_soon(call, answer)  # no awaiting here: a cancelled stream may not wait
 
@@ -204,4 +209,6 @@ async def replay(completion: Completion) -> AsyncGenerator[Delta, None]:
     """A cached answer as a stream: word-sized pieces, then the finish."""
     for piece in re.findall(r"\s*\S+\s*", completion.text) or [completion.text]:
         yield Delta(text=piece)
-    yield Delta(finish_reason=completion.finish_reason, usage=completion.usage)
+    yield Delta(
+        finish_reason=completion.finish_reason, usage=completion.usage, sources=completion.sources
+    )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmforge.core.types import Completion, Message, Role, Sampling, Usage
+from llmforge.core.types import Completion, Message, Role, Sampling, Source, Usage
 
 
 class WireModel(BaseModel):
@@ -126,7 +127,7 @@ def usage_body(usage: Usage) -> dict[str, int]:
 
 
 def completion_body(cid: str, model: str, created: int, completion: Completion) -> dict[str, Any]:
-    return {
+    body = {
         "id": cid,
         "object": "chat.completion",
         "created": created,
@@ -141,6 +142,15 @@ def completion_body(cid: str, model: str, created: int, completion: Completion) 
         ],
         "usage": usage_body(completion.usage),
     }
+    if completion.sources:
+        body["sources"] = sources_body(completion.sources)
+    return body
+
+
+def sources_body(sources: Sequence[Source]) -> list[dict[str, Any]]:
+    """Grounded answers (`rag` models): the passages cited as [n], a top-level `sources` list on
+    the completion and on the final stream chunk (read it as `completion.sources` in the SDKs)."""
+    return [s.model_dump() for s in sources]
 
 
 def chunk_body(
@@ -151,13 +161,14 @@ def chunk_body(
     role: bool = False,
     text: str | None = None,
     finish: str | None = None,
+    sources: Sequence[Source] = (),
 ) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
     if text is not None:
         delta["content"] = text
-    return {
+    body = {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": created,
@@ -166,6 +177,9 @@ def chunk_body(
             {"index": 0, "delta": delta, "finish_reason": _wire_finish(finish), "logprobs": None}
         ],
     }
+    if sources:
+        body["sources"] = sources_body(sources)
+    return body
 
 
 def usage_chunk_body(cid: str, model: str, created: int, usage: Usage) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from llmforge.core.config import ModelConfig
 from llmforge.core.errors import ConfigError, InvalidRequestError, LLMForgeError, UpstreamError
 from llmforge.core.types import Completion, Delta, FinishReason, Message, Sampling, Usage
+from llmforge.models.base import ModelContext
 from llmforge.models.openai_compat import HttpUpstream, error_message
 from llmforge.models.profiles import fill
 
@@ -178,5 +179,5 @@ def _given(raw: Any) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if v is not None} if isinstance(raw, dict) else {}
 
 
-def create(config: ModelConfig) -> AnthropicChatModel:
+def create(config: ModelConfig, context: ModelContext | None = None) -> AnthropicChatModel:
     return AnthropicChatModel(fill(config))

@@ -5,15 +5,21 @@ A `ChatModel` answers a conversation whole (`complete`) or as a stream of `Delta
 name, in code or through the entry-point groups `llmforge.models` / `llmforge.embedders`; a factory
 takes the model's config section and returns a ready (lazily loading) instance. Backends know
 nothing of HTTP, traces or routing.
+
+A factory gets the model's config section and a `ModelContext`: the catalog it is built into. Most
+backends ignore it; a backend composed of other parts (the `rag` provider: a knowledge base in front
+of another chat model) asks it for the model it wraps and for per-process services it shares with
+the rest of the server (`context.shared(key, build)`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.registry import Registry
+from llmforge.core.settings import Settings
 from llmforge.core.types import (
     Completion,
     Delta,
@@ -21,6 +27,7 @@ from llmforge.core.types import (
     FinishReason,
     Message,
     Sampling,
+    Source,
     Usage,
 )
 
@@ -47,7 +54,28 @@ class Embedder(Protocol):
     async def aclose(self) -> None: ...
 
 
-ChatModelFactory = Callable[[ModelConfig], ChatModel]
+T = TypeVar("T")
+
+
+class ModelContext(Protocol):
+    """What a factory may use besides its own config: the catalog it is built into."""
+
+    @property
+    def settings(self) -> Settings | None:
+        """The settings the catalog was built from (None for a catalog built from lists)."""
+        ...
+
+    def chat(self, name: str) -> ChatModel:
+        """Another configured chat model (its first deployment)."""
+        ...
+
+    def shared(self, key: str, build: Callable[[], T]) -> T:
+        """The process-wide object under `key`, built on first use and closed (`aclose`) with the
+        catalog."""
+        ...
+
+
+ChatModelFactory = Callable[[ModelConfig, ModelContext], ChatModel]
 EmbedderFactory = Callable[[EmbeddingConfig], Embedder]
 
 chat_models: Registry[ChatModelFactory] = Registry("model provider", "llmforge.models")
@@ -59,10 +87,12 @@ async def collect(stream: AsyncGenerator[Delta, None]) -> Completion:
     parts: list[str] = []
     finish: FinishReason = "stop"
     usage = Usage()
+    sources: tuple[Source, ...] = ()
     async for delta in stream:
         parts.append(delta.text)
         if delta.finish_reason:
             finish = delta.finish_reason
         if delta.usage:
             usage = delta.usage
-    return Completion(text="".join(parts), finish_reason=finish, usage=usage)
+        sources = delta.sources or sources
+    return Completion(text="".join(parts), finish_reason=finish, usage=usage, sources=sources)

@@ -7,15 +7,17 @@ that.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.errors import InvalidRequestError, ModelNotFoundError
 from llmforge.core.settings import Settings
 from llmforge.models.base import ChatModel, Embedder, chat_models, embedders
 from llmforge.models.profiles import fill_facts
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,13 @@ class ModelInfo:
 
 class ModelCatalog:
     def __init__(
-        self, models: Sequence[ModelConfig], embeddings: Sequence[EmbeddingConfig]
+        self,
+        models: Sequence[ModelConfig],
+        embeddings: Sequence[EmbeddingConfig],
+        settings: Settings | None = None,
     ) -> None:
+        self._settings = settings
+        self._shared: dict[str, Any] = {}
         self._chat_cfg = {m.name: fill_facts(m) for m in models}
         self._emb_cfg = {e.name: e for e in embeddings}
         for m in models:
@@ -52,7 +59,18 @@ class ModelCatalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelCatalog:
-        return cls(settings.models, settings.embeddings)
+        return cls(settings.models, settings.embeddings, settings)
+
+    @property
+    def settings(self) -> Settings | None:
+        return self._settings
+
+    def shared(self, key: str, build: Callable[[], T]) -> T:
+        """One object per catalog under `key` (e.g. the knowledge bases), shared by the backends
+        and routes that need it and closed with the catalog."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return cast(T, self._shared[key])
 
     def infos(self) -> list[ModelInfo]:
         return [ModelInfo(m.name, "chat", m.provider) for m in self._chat_cfg.values()] + [
@@ -88,7 +106,7 @@ class ModelCatalog:
                 )
                 for i, d in enumerate(cfg.deployments)
             ] or [(name, cfg)]
-            found = [Deployment(name, dep_id, c, factory(c)) for dep_id, c in merged]
+            found = [Deployment(name, dep_id, c, factory(c, self)) for dep_id, c in merged]
             self._deployments[name] = found
         return found
 
@@ -125,6 +143,10 @@ class ModelCatalog:
             await embedder.aclose()
         self._deployments.clear()
         self._emb.clear()
+        for service in self._shared.values():
+            if hasattr(service, "aclose"):
+                await service.aclose()
+        self._shared.clear()
 
     def _not_found(self, name: str) -> ModelNotFoundError:
         return ModelNotFoundError(name, [*self._chat_cfg, *self._emb_cfg])

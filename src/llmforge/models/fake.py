@@ -25,7 +25,7 @@ from llmforge.core.types import (
     Sampling,
     Usage,
 )
-from llmforge.models.base import collect
+from llmforge.models.base import ModelContext, collect
 
 
 class FakeChatModel:
@@ -87,7 +87,7 @@ def _last_user(messages: Sequence[Message]) -> str:
     return next((m.content for m in reversed(messages) if m.role == "user"), "")
 
 
-def create(config: ModelConfig) -> FakeChatModel:
+def create(config: ModelConfig, context: ModelContext | None = None) -> FakeChatModel:
     return FakeChatModel(config.responses, config.delay_s)
 
 

@@ -11,6 +11,7 @@ unless the config overrides it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -22,12 +23,13 @@ from llmforge.core.config import ModelConfig
 from llmforge.core.errors import (
     ConfigError,
     ContextWindowExceededError,
+    InvalidRequestError,
     LLMForgeError,
     ModelError,
     OverloadedError,
 )
 from llmforge.core.types import Completion, Delta, FinishReason, Message, Sampling, Usage
-from llmforge.models.base import collect
+from llmforge.models.base import ModelContext, collect
 from llmforge.models.builtin import resolve
 
 DEFAULT_CONTEXT = 4096
@@ -50,6 +52,7 @@ class LlamaCppChatModel:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{config.name}")
         self._llm: Any = None
         self._format: Callable[..., Any] | None = None
+        self._grammars: dict[str, Any] = {}  # JSON schema -> its compiled grammar
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -180,6 +183,8 @@ class LlamaCppChatModel:
             exclude_none=True,
             include={"temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"},
         )
+        if sampling.json_schema is not None:  # the sampler may only pick tokens the schema allows
+            options["grammar"] = self._grammar(sampling.json_schema)
         stops = StopMatcher(sampling.stop)
         finish: FinishReason = "length"
         completion = 0
@@ -213,6 +218,20 @@ class LlamaCppChatModel:
                 usage=Usage(prompt_tokens=len(tokens), completion_tokens=completion),
             )
         )
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            try:
+                self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as e:  # llama.cpp's converter raises plain exceptions
+                raise InvalidRequestError(
+                    f"json_schema cannot be turned into a grammar: {e}; use plain JSON Schema",
+                    param="json_schema",
+                ) from None
+        return self._grammars[key]
 
 
 class StopMatcher:
@@ -254,5 +273,5 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def create(config: ModelConfig) -> LlamaCppChatModel:
+def create(config: ModelConfig, context: ModelContext | None = None) -> LlamaCppChatModel:
     return LlamaCppChatModel(config)

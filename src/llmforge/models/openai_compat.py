@@ -30,6 +30,7 @@ from llmforge.core.errors import (
     UpstreamTimeoutError,
 )
 from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
+from llmforge.models.base import ModelContext
 from llmforge.models.profiles import fill
 
 
@@ -235,9 +236,14 @@ class OpenAICompatChatModel:
             "messages": [m.model_dump(exclude_none=True) for m in messages],
             "stream": stream,
         }
-        body.update(sampling.model_dump(exclude_none=True, exclude={"stop"}))
+        body.update(sampling.model_dump(exclude_none=True, exclude={"stop", "json_schema"}))
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": sampling.json_schema},
+            }
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -335,7 +341,7 @@ def error_message(body: Any) -> str:
     return str(body)
 
 
-def create(config: ModelConfig) -> OpenAICompatChatModel:
+def create(config: ModelConfig, context: ModelContext | None = None) -> OpenAICompatChatModel:
     """The factory of `openai` and of every OpenAI-compatible vendor profile (`deepseek`, `qwen`,
     `vllm`, `llama-server`, `ollama`): the same client, the provider's defaults filled in."""
     return OpenAICompatChatModel(fill(config))

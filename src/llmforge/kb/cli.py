@@ -1,0 +1,212 @@
+"""`llmforge kb ...`: ingest folders into a knowledge base, search it, list and delete them.
+
+Command bodies only parse options, call `KnowledgeBases` and print; errors propagate as
+`LLMForgeError`s, which `llmforge.cli.main` prints on one line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from llmforge.core.cli import ConfigOption, JsonOption, console, print_rows, run, settings_for
+from llmforge.core.settings import Settings
+from llmforge.kb.knowledge_base import KnowledgeBases
+from llmforge.kb.types import IngestProgress, IngestReport, KBInfo, SearchFilters, SearchResult
+
+app = typer.Typer(help="Knowledge bases: ingest, search, list, delete.", no_args_is_help=True)
+
+KBOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
+
+
+@app.command("ingest")
+def ingest_command(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive).")],
+    kb: KBOption,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add or update files in a knowledge base (created if new); only changed files are
+    re-embedded, and files deleted from an ingested folder leave it."""
+    settings = settings_for(ctx, config)
+    report = run(_ingest(settings, kb, paths, show_progress=not as_json and sys.stderr.isatty()))
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        return
+    _print_report(report)
+
+
+async def _ingest(
+    settings: Settings, name: str, paths: list[Path], *, show_progress: bool
+) -> IngestReport:
+    kbs = KnowledgeBases(settings)
+    try:
+        kb = await kbs.open(name, create=True)
+        if not show_progress:
+            return await kb.ingest(paths)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[extra]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            files = bar.add_task("files", total=None, extra="")
+            chunks = bar.add_task("chunks", total=None, extra="")
+
+            def update(p: IngestProgress) -> None:
+                bar.update(
+                    files,
+                    total=p.files_total,
+                    completed=p.files_done,
+                    extra=Path(p.current).name if p.current else "",
+                )
+                bar.update(chunks, completed=p.chunks_done, extra="embedded")
+
+            return await kb.ingest(paths, progress=update)
+    finally:
+        await kbs.aclose()
+
+
+def _print_report(report: IngestReport) -> None:
+    console.print(
+        f"[bold]{report.kb}[/]: {len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, "
+        f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f}s"
+    )
+    for path in report.skipped:
+        console.print(f"  skipped (unsupported type): {path}", style="yellow", markup=False)
+    for failure in report.failed:
+        console.print(f"  failed: {failure.error}", style="red", markup=False)
+
+
+@app.command("search")
+def search_command(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    kb: KBOption,
+    k: Annotated[int | None, typer.Option("--k", "-k", min=1, help="How many results.")] = None,
+    path: Annotated[
+        str | None, typer.Option("--path", help="Only files under this folder.")
+    ] = None,
+    file_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this file type (repeatable).")
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            help="corroborated, zscore, minmax, rrf, dense or bm25 (default: kb.search.fusion)"
+        ),
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show each stage and every hit's stage scores.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search a knowledge base (hybrid dense + BM25, reranked when a reranker is configured)."""
+    settings = settings_for(ctx, config)
+    filters = SearchFilters(
+        path_prefix=str(Path(path).expanduser().resolve()) if path else None,
+        file_types=file_type or None,
+    )
+    result = run(_search(settings, kb, query, k, filters, fusion))
+    if as_json:
+        payload = result.model_dump() if explain else [h.model_dump() for h in result.hits]
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        return
+    if explain:
+        for stage in result.stages:
+            console.print(
+                f"stage {stage.name}: {stage.candidates} candidates, {stage.ms:.1f} ms "
+                f"({stage.detail})",
+                markup=False,
+            )
+    for rank, hit in enumerate(result.hits, start=1):
+        where = " > ".join([hit.title, *hit.heading_path])
+        page = f" p.{hit.page}" if hit.page else ""
+        console.print(f"[bold]{rank}. {hit.score:.3f}[/] {hit.source}{page}", highlight=False)
+        console.print(f"   {where}", style="dim", markup=False)
+        if explain:
+            console.print(
+                f"   dense={_fmt(hit.dense_score)} bm25={_fmt(hit.bm25_score)} "
+                f"fused={_fmt(hit.fused_score)} rerank={_fmt(hit.rerank_score)}",
+                markup=False,
+            )
+        console.print("   " + hit.text[:300].replace("\n", " "), markup=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+async def _search(
+    settings: Settings,
+    name: str,
+    query: str,
+    k: int | None,
+    filters: SearchFilters,
+    fusion: str | None,
+) -> SearchResult:
+    kbs = KnowledgeBases(settings)
+    try:
+        kb = await kbs.open(name)
+        return await kb.search_detailed(query, k, filters, fusion)
+    finally:
+        await kbs.aclose()
+
+
+@app.command("list")
+def list_command(
+    ctx: typer.Context, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """List knowledge bases."""
+    infos = run(_list(settings_for(ctx, config)))
+    rows = [i.model_dump() for i in infos]
+    if not as_json:
+        for row in rows:
+            row["created_at"] = dt.datetime.fromtimestamp(row["created_at"]).strftime(
+                "%Y-%m-%d %H:%M"
+            )
+    print_rows(
+        rows,
+        ["name", "documents", "chunks", "embedding", "store", "created_at"],
+        as_json,
+        title="Knowledge bases",
+    )
+
+
+async def _list(settings: Settings) -> list[KBInfo]:
+    kbs = KnowledgeBases(settings)
+    try:
+        return await kbs.list()
+    finally:
+        await kbs.aclose()
+
+
+@app.command("delete")
+def delete_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Knowledge base to delete.")],
+    config: ConfigOption = None,
+) -> None:
+    """Delete a knowledge base: its vectors, BM25 index and manifest (not the source files)."""
+    run(_delete(settings_for(ctx, config), name))
+    console.print(f"deleted knowledge base {name}", markup=False)
+
+
+async def _delete(settings: Settings, name: str) -> None:
+    kbs = KnowledgeBases(settings)
+    try:
+        await kbs.delete(name)
+    finally:
+        await kbs.aclose()
