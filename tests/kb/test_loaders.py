@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmforge.kb.loaders import LoadError, decode, load
+from llmforge.kb.types import Chunk
 from tests.kb.conftest import (
     CHINESE,
     write_docx,
@@ -65,6 +66,27 @@ def test_gbk_encoded_chinese_text_is_decoded_to_utf8(tmp_path: Path) -> None:
     doc = load(write_gbk_text(tmp_path / "zh.txt"))
     assert doc.sections[0].text == CHINESE
     assert doc.title == "zh"
+
+
+def test_a_text_files_standalone_first_line_is_its_title(tmp_path: Path) -> None:
+    titled = tmp_path / "note-17.txt"
+    titled.write_text("Boiler service\n\nBleed the radiators every autumn.\n", encoding="utf-8")
+    plain = tmp_path / "note-18.txt"
+    plain.write_text("Bleed the radiators every autumn.\nCheck the pressure.\n", encoding="utf-8")
+    doc = load(titled)
+    assert doc.title == "Boiler service"
+    assert load(plain).title == "note-18"
+    text = doc.sections[0].text
+    chunk = Chunk(
+        id="c",
+        text=text,
+        source=str(titled),
+        title=doc.title,
+        file_type="txt",
+        chunk_index=0,
+        content_hash="h",
+    )
+    assert chunk.indexed_text() == text  # the title line is not embedded twice
 
 
 def test_decode_handles_bom_and_latin1() -> None:

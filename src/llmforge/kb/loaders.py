@@ -94,6 +94,9 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", "replace")  # pragma: no cover - latin-1 decodes everything
 
 
+TITLE_MAX_CHARS = 120
+
+
 def _read_text(path: Path) -> str:
     try:
         return clean(decode(path.read_bytes()))
@@ -106,12 +109,16 @@ def _paragraph_text(text: str) -> str:
 
 
 def load_text(path: Path) -> LoadedDocument:
-    text = _read_text(path)
+    """Plain text. A short first line standing alone above a blank line is the title (as notes
+    and exported articles are written); otherwise the file name is."""
+    text = _paragraph_text(_read_text(path))
+    first, _, rest = text.partition("\n\n")
+    titled = bool(rest) and "\n" not in first and len(first) <= TITLE_MAX_CHARS
     return LoadedDocument(
         source=str(path),
-        title=path.stem,
+        title=first.strip() if titled else path.stem,
         file_type=path.suffix.lower().lstrip("."),
-        sections=[Section(text=_paragraph_text(text))],
+        sections=[Section(text=text)],
     )
 
 

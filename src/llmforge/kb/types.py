@@ -48,7 +48,9 @@ class Chunk(BaseModel):
         if headings and headings[0] == self.title:  # a Markdown/HTML h1 is usually the title
             headings = headings[1:]
         header = " > ".join([self.title, *headings])
-        return f"{header}\n{self.text}" if header else self.text
+        if not header or self.text.startswith(header):  # e.g. a text file's title line
+            return self.text
+        return f"{header}\n{self.text}"
 
 
 class SearchFilters(BaseModel):
