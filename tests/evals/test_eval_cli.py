@@ -204,3 +204,32 @@ def test_dataset_from_traces_writes_a_loadable_dataset(
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines()]
     assert [(c["input"][0]["content"], c["expected"]) for c in lines] == [("Hi?", "Hello")]
+
+
+def test_a_knowledge_bases_retrieval_is_scored_and_gated(tmp_path: Path) -> None:
+    config = tmp_path / "llmforge.yaml"
+    config.write_text(
+        f"database: sqlite:///{tmp_path / 'kb.db'}\n"
+        f"embeddings: [{{name: words, provider: fake, dimensions: 512}}]\n"
+        f"kb: {{path: {tmp_path / 'kbs'}}}\n",
+        encoding="utf-8",
+    )
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pump.md").write_text("# Pump\n\nReplace the impeller seals every 2000 hours.\n")
+    (docs / "garden.md").write_text("# Garden\n\nWater the orchids twice a week.\n")
+    ingested = llmforge("kb", "ingest", str(docs), "--kb", "docs", "-c", str(config), cwd=tmp_path)
+    assert ingested.returncode == 0, ingested.stderr
+    data = tmp_path / "retrieval.jsonl"
+    data.write_text(
+        '{"id": "seals", "input": "impeller seals hours", "relevant": ["pump.md"]}\n'
+        '{"id": "orchids", "input": "orchids water week", "relevant": ["garden.md"]}\n',
+        encoding="utf-8",
+    )
+    base = ["eval", "run", str(data), "--kb", "docs", "--k", "1", "-c", str(config), "--json"]
+    run = llmforge(*base, "--fail-under", "recall_at_k=1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)["summary"]
+    assert summary["recall_at_k"]["mean"] == 1.0 and summary["mrr"]["mean"] == 1.0
+    unknown = llmforge("eval", "run", str(data), "--kb", "nope", "-c", str(config), cwd=tmp_path)
+    assert unknown.returncode == 1 and "Unknown knowledge base 'nope'" in unknown.stderr
