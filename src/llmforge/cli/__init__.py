@@ -79,7 +79,18 @@ def serve(
     typer.echo(
         f"LLMForge {__version__}: chat at http://{host}:{port}/  API at http://{host}:{port}/v1"
     )
-    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+    # No per-request work nobody reads: access log, Server/Date headers, X-Forwarded-* rewriting
+    # (limits and budgets go by API key, not client address).
+    uvicorn.run(
+        web,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+    )
 
 
 def main() -> None:
