@@ -4,10 +4,10 @@ that point to real chunks, through the `openai` SDK against a real server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from llmforge.core.errors import ConfigError
 from llmforge.core.settings import Settings, load_settings
 from llmforge.gateway.app import create_app
-from llmforge.kb import KnowledgeBases
+from llmforge.kb import KnowledgeBase, KnowledgeBases
 from llmforge.kb.rag import NO_ANSWER, NO_ANSWER_CJK, _attribute, _MarkerFilter, _queries
 from llmforge.models import ModelCatalog
 from tests.fakes.server import serve
@@ -24,6 +24,7 @@ from tests.kb.conftest import HASH_EMBEDDING, minilm, write_corpus
 SEALS = "How often should the impeller seals of the pump be replaced?"
 # Hashed words, wide enough that unrelated texts rarely collide (cosine ~0.1 vs ~0.5 for a match).
 WORDS = {**HASH_EMBEDDING, "dimensions": 512}
+T = TypeVar("T")
 
 
 def rag_settings(tmp_path: Path, replies: list[str], **rag: Any) -> Settings:
@@ -46,16 +47,21 @@ def rag_settings(tmp_path: Path, replies: list[str], **rag: Any) -> Settings:
     )
 
 
-def ingest_corpus(settings: Settings, folder: Path) -> None:
-    async def run() -> None:
+def on_docs(settings: Settings, action: Callable[[KnowledgeBase], Awaitable[T]]) -> T:
+    """Run `action` on the knowledge base 'docs' (created when missing), outside the server."""
+
+    async def run() -> T:
         kbs = KnowledgeBases(settings)
         try:
-            kb = await kbs.create("docs")
-            await kb.ingest([folder])
+            return await action(await kbs.open("docs", create=True))
         finally:
             await kbs.aclose()
 
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def ingest_corpus(settings: Settings, folder: Path) -> None:
+    on_docs(settings, lambda kb: kb.ingest([folder]))
 
 
 @pytest.fixture
@@ -70,32 +76,33 @@ def client_for(settings: Settings) -> Iterator[openai.OpenAI]:
         yield openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
 
 
-def chunk_ids(settings: Settings) -> set[str]:
-    async def run() -> set[str]:
-        kbs = KnowledgeBases(settings)
-        try:
-            kb = await kbs.open("docs")
-            return {h.chunk_id for h in await kb.search("pump seals hours", 50)}
-        finally:
-            await kbs.aclose()
+def chunk_ids(settings: Settings, ids: set[str]) -> set[str]:
+    """Those of `ids` that are chunks of the knowledge base (each fetched by id)."""
 
-    return asyncio.run(run())
+    async def fetch(kb: KnowledgeBase) -> set[str]:
+        return {(await kb.get_chunk(i)).id for i in ids}
+
+    return on_docs(settings, fetch)
+
+
+def ask(client: openai.OpenAI, question: str, **options: Any) -> Any:
+    return client.chat.completions.create(
+        model="docs-assistant", messages=[{"role": "user", "content": question}], **options
+    )
 
 
 def test_answer_cites_numbered_sources_that_are_real_chunks(tmp_path: Path, corpus: Path) -> None:
     settings = rag_settings(tmp_path, ["Replace the impeller seals every 2000 hours [1]."])
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        reply = client.chat.completions.create(
-            model="docs-assistant", messages=[{"role": "user", "content": SEALS}]
-        )
+        reply = ask(client, SEALS)
     text = reply.choices[0].message.content or ""
     sources = (reply.model_extra or {})["sources"]
     assert "[1]" in text
     assert sources[0]["number"] == 1 and sources[0]["cited"] is True
     assert sources[0]["source"].endswith("pump.md")
     assert "2000 hours" in sources[0]["text"]
-    assert {s["id"] for s in sources} <= chunk_ids(settings)
+    assert chunk_ids(settings, {s["id"] for s in sources}) == {s["id"] for s in sources}
     assert [s["number"] for s in sources] == list(range(1, len(sources) + 1))
 
 
@@ -103,13 +110,7 @@ def test_streamed_answer_ends_with_its_sources(tmp_path: Path, corpus: Path) -> 
     settings = rag_settings(tmp_path, ["Seals last 2000 hours [1]."])
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        chunks = list(
-            client.chat.completions.create(
-                model="docs-assistant",
-                messages=[{"role": "user", "content": SEALS}],
-                stream=True,
-            )
-        )
+        chunks = list(ask(client, SEALS, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     final = [c for c in chunks if (c.model_extra or {}).get("sources")]
     assert text == "Seals last 2000 hours [1]."
@@ -126,9 +127,7 @@ def test_markers_naming_no_passage_are_removed_and_uncited_answers_get_attribute
     )
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        reply = client.chat.completions.create(
-            model="docs-assistant", messages=[{"role": "user", "content": SEALS}]
-        )
+        reply = ask(client, SEALS)
     text = reply.choices[0].message.content or ""
     sources = (reply.model_extra or {})["sources"]
     assert "[9]" not in text
@@ -143,14 +142,8 @@ def test_question_outside_the_knowledge_base_is_answered_plainly_without_the_mod
     settings = rag_settings(tmp_path, ["MODEL WAS CALLED"])
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        english = client.chat.completions.create(
-            model="docs-assistant",
-            messages=[{"role": "user", "content": "Which volcano erupted in Iceland last year?"}],
-        )
-        chinese = client.chat.completions.create(
-            model="docs-assistant",
-            messages=[{"role": "user", "content": "冰岛去年哪座火山喷发了？"}],
-        )
+        english = ask(client, "Which volcano erupted in Iceland last year?")
+        chinese = ask(client, "冰岛去年哪座火山喷发了？")
     assert english.choices[0].message.content == NO_ANSWER.format(kb="docs")
     assert chinese.choices[0].message.content == NO_ANSWER_CJK.format(kb="docs")
     assert "sources" not in (english.model_extra or {})
@@ -160,9 +153,7 @@ def test_small_talk_is_answered_without_a_search(tmp_path: Path, corpus: Path) -
     settings = rag_settings(tmp_path, ["You are welcome!"])
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        reply = client.chat.completions.create(
-            model="docs-assistant", messages=[{"role": "user", "content": "Thanks!"}]
-        )
+        reply = ask(client, "Thanks!")
     assert reply.choices[0].message.content == "You are welcome!"
     assert "sources" not in (reply.model_extra or {})
 
@@ -174,10 +165,7 @@ def test_model_mode_lets_the_model_decide_and_write_the_query(tmp_path: Path, co
     )
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        reply = client.chat.completions.create(
-            model="docs-assistant",
-            messages=[{"role": "user", "content": "What about the thing that leaks in it?"}],
-        )
+        reply = ask(client, "What about the thing that leaks in it?")
     sources = (reply.model_extra or {})["sources"]
     assert reply.choices[0].message.content == "Every 2000 hours [1]."
     assert sources[0]["source"].endswith("pump.md")  # found by the model's query alone
@@ -187,9 +175,7 @@ def test_model_mode_lets_the_model_decide_and_write_the_query(tmp_path: Path, co
 def test_unknown_knowledge_base_is_a_clear_404(tmp_path: Path) -> None:
     settings = rag_settings(tmp_path, ["x"])
     with client_for(settings) as client, pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(
-            model="docs-assistant", messages=[{"role": "user", "content": SEALS}]
-        )
+        ask(client, SEALS)
     assert "Unknown knowledge base 'docs'" in str(err.value)
 
 
@@ -256,23 +242,11 @@ def test_real_model_and_embedder_answer_from_the_documents_and_decline_the_rest(
     )
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
-        chunks = list(
-            client.chat.completions.create(
-                model="docs-assistant",
-                messages=[{"role": "user", "content": SEALS}],
-                stream=True,
-                max_tokens=24,
-                temperature=0,
-            )
-        )
-        declined = client.chat.completions.create(
-            model="docs-assistant",
-            messages=[{"role": "user", "content": "Which volcano erupted in Iceland last year?"}],
-            max_tokens=24,
-        )
+        chunks = list(ask(client, SEALS, stream=True, max_tokens=24, temperature=0))
+        declined = ask(client, "Which volcano erupted in Iceland last year?", max_tokens=24)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     sources = next(c.model_extra["sources"] for c in chunks if (c.model_extra or {}).get("sources"))
     assert text.strip()
     assert sources[0]["source"].endswith("pump.md") and "2000 hours" in sources[0]["text"]
-    assert {s["id"] for s in sources} <= chunk_ids(settings)
+    assert chunk_ids(settings, {s["id"] for s in sources}) == {s["id"] for s in sources}
     assert declined.choices[0].message.content == NO_ANSWER.format(kb="docs")
