@@ -9,11 +9,14 @@ module knows no package's tables.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
@@ -45,7 +48,9 @@ def open_engine(url: str) -> Engine:
             f"database: '{url}' is not a database URL. "
             "Use sqlite:///path/to/file.db or postgresql+psycopg://user:pass@host/db"
         ) from None
-    kwargs: dict[str, Any] = {}
+    # JSON columns through orjson: several times the standard library's speed, and trace rows
+    # are written on every call
+    kwargs: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +61,18 @@ def open_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def sortable_id() -> str:
+    """32 hex digits that sort by creation time: 48 bits of Unix milliseconds, then 80 random
+    bits (UUIDv7's layout). As a primary key, each new row lands at the end of the index instead
+    of at a random leaf, so a table that grows by hundreds of rows a second (traces) writes a few
+    pages per batch, not one per row, however large it has grown."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -9,7 +9,8 @@ log.
     ├── ConfigError                   bad llmforge.yaml, settings or an unknown plugin name
     │   └── UnknownNameError          a registry has no entry of that name (lists the valid ones)
     ├── InvalidRequestError           a client's request is wrong (400)
-    │   └── ContextWindowExceededError  the prompt does not fit the model (400; router falls back)
+    │   ├── ContextWindowExceededError  the prompt does not fit the model (400; router falls back)
+    │   └── RequestTooLargeError      the request body is over `server.max_body_bytes` (413)
     ├── AuthenticationError           no or unknown API key (401)
     ├── PermissionDeniedError         the key may not use that model or endpoint (403)
     ├── NotFoundError                 something named does not exist (404)
@@ -65,6 +66,11 @@ class InvalidRequestError(LLMForgeError):
 
 class ContextWindowExceededError(InvalidRequestError):
     code = "context_length_exceeded"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    http_status = 413
+    code = "request_too_large"
 
 
 class AuthenticationError(LLMForgeError):

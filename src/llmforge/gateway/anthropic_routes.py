@@ -3,13 +3,14 @@ Anthropic clients can use any configured model.
 
 The route converts Anthropic wire <-> core types (`anthropic_wire.py`) and builds a `Call` exactly
 as the OpenAI route does, so keys, limits, the cache, routing and traces apply unchanged. Errors
-take Anthropic's shape in app.py's one error handler (by path); a failure after the first token
+take Anthropic's shape (responses.py, by path); a failure after the first token
 ends the stream with an `error` event. It does not translate tools or images (refused with a 400).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -27,15 +28,17 @@ from llmforge.gateway.anthropic_wire import (
     stream_tail,
     text_event,
 )
-from llmforge.gateway.app import (
+from llmforge.gateway.call import Call
+from llmforge.gateway.responses import (
     STREAM_HEADERS,
-    AppContext,
     call_headers,
     json_response,
     open_stream,
     wants_cache,
 )
-from llmforge.gateway.call import Call
+
+if TYPE_CHECKING:
+    from llmforge.gateway.app import AppContext
 
 
 def add_anthropic_routes(app: FastAPI, ctx: AppContext) -> None:
@@ -47,7 +50,7 @@ def add_anthropic_routes(app: FastAPI, ctx: AppContext) -> None:
             sampling=req.sampling(),
             stream=req.stream,
             caller=await ctx.authenticate(request),
-            use_cache=wants_cache(request),
+            use_cache=wants_cache(request.headers),
             id=new_message_id(),
         )
         if not req.stream:

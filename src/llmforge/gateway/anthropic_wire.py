@@ -11,12 +11,12 @@ Anthropic shapes; the core does not report which stop sequence ended an answer, 
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BeforeValidator, Field, field_validator
 
+from llmforge.core.db import sortable_id
 from llmforge.core.types import Completion, Message, Sampling, Usage
 from llmforge.gateway.wire import WireModel
 
@@ -100,7 +100,7 @@ def _joined(content: str | list[TextBlock]) -> str:
 
 
 def new_message_id() -> str:
-    return "msg_" + uuid.uuid4().hex
+    return "msg_" + sortable_id()
 
 
 def stop_reason(finish: str | None) -> str:

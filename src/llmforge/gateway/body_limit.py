@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from llmforge.gateway.anthropic_wire import anthropic_error_body, speaks_anthropic
-from llmforge.gateway.wire import error_body
+from llmforge.core.errors import RequestTooLargeError
+from llmforge.gateway.responses import forge_error_response
 
 Scope = dict[str, Any]
 
@@ -29,7 +27,7 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit():
                 if int(value) > self.max_bytes:
-                    await self._refuse(scope, send)
+                    await self._refuse(scope, receive, send)
                     return
                 declared = True
             elif name == b"transfer-encoding":
@@ -48,7 +46,7 @@ class BodyLimitMiddleware:
                 if seen > self.max_bytes and not refused:
                     refused = True
                     if not started:
-                        await self._refuse(scope, send)
+                        await self._refuse(scope, receive, send)
                     return {
                         "type": "http.disconnect"
                     }  # the app stops reading; its answer is dropped
@@ -63,22 +61,13 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, scope: Scope, send: Any) -> None:
+    async def _refuse(self, scope: Scope, receive: Any, send: Any) -> None:
         """413 in the shape of the API the request spoke (Anthropic's on /v1/messages)."""
-        message = f"Request body is larger than {self.max_bytes} bytes (server.max_body_bytes)."
-        body = orjson.dumps(
-            anthropic_error_body(413, message)
-            if speaks_anthropic(scope.get("path", ""))
-            else error_body(message, "invalid_request_error", None, "request_too_large")
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        response = forge_error_response(scope.get("path", ""), too_large(self.max_bytes))
+        await response(scope, receive, send)
+
+
+def too_large(max_bytes: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"Request body is larger than {max_bytes} bytes (server.max_body_bytes)."
+    )

@@ -8,11 +8,11 @@ mutable record with no behaviour beyond deriving the trace and the cost.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
 from llmforge.core.config import Price
+from llmforge.core.db import sortable_id
 from llmforge.core.types import Message, Sampling, Usage
 from llmforge.traces import Trace
 
@@ -64,7 +64,7 @@ class Call:
 
     def __post_init__(self) -> None:
         if not self.id:
-            self.id = ("chatcmpl-" if self.kind == "chat" else "embd-") + uuid.uuid4().hex
+            self.id = ("chatcmpl-" if self.kind == "chat" else "embd-") + sortable_id()
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
@@ -74,6 +74,8 @@ class Call:
         return max(self.elapsed_s() - self.upstream_s, 0.0) * 1000
 
     def to_trace(self) -> Trace:
+        """The trace row. Built unvalidated: every field comes from this Call's typed fields, and
+        this runs once per request on the event loop."""
         request: dict[str, object] = (
             {"input": self.inputs}
             if self.kind == "embedding"
@@ -82,8 +84,9 @@ class Call:
                 "sampling": self.sampling.model_dump(exclude_none=True, exclude_defaults=True),
             }
         )
-        return Trace(
+        return Trace.model_construct(
             id=self.id,
+            created_at=time.time(),
             kind=self.kind,
             model=self.model,
             request=request,

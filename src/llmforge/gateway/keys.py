@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, computed_field
 from sqlalchemy.engine import Connection, Engine
 
-from llmforge.core.db import Migration, migrate
+from llmforge.core.db import Migration, migrate, sortable_id
 from llmforge.core.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -233,7 +233,7 @@ class KeyStore:
     def reserve(self, key_id: str, amount_nusd: int) -> str:
         """Hold `amount_nusd` against the key's budget and return the reservation's id; raise
         BudgetExceededError when spent + everything reserved + this would pass the budget."""
-        rid = uuid.uuid4().hex
+        rid = sortable_id()  # reservation rows come and go with every call
         with self.engine.begin() as conn:
             k = api_keys.c
             held = conn.execute(

@@ -18,6 +18,7 @@ Deliberately not here: pushing to a gateway, OpenTelemetry export, and per-key r
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -120,28 +121,39 @@ class GatewayMetrics:
         )
         if router is not None:
             r.register(CircuitCollector(router))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def finished(self, call: Call) -> None:
         """Count one finished call (the `CallObserver` hook)."""
         served = call.served_by or ""
-        self.requests.labels(call.model, served, call.status, call.kind).inc()
-        self.latency.labels(call.model, call.kind).observe(call.elapsed_s())
+        child = self._child
+        child(self.requests, call.model, served, call.status, call.kind).inc()
+        child(self.latency, call.model, call.kind).observe(call.elapsed_s())
         if call.stream and call.ttft_s is not None:
-            self.ttft.labels(call.model).observe(call.ttft_s)
-        self.overhead.labels(call.kind).observe(_overhead_s(call))
+            child(self.ttft, call.model).observe(call.ttft_s)
+        child(self.overhead, call.kind).observe(_overhead_s(call))
         if call.served_by is not None:
-            self.prompt_tokens.labels(served).inc(call.usage.prompt_tokens)
-            self.completion_tokens.labels(served).inc(call.usage.completion_tokens)
+            child(self.prompt_tokens, served).inc(call.usage.prompt_tokens)
+            child(self.completion_tokens, served).inc(call.usage.completion_tokens)
             key = call.caller.key_id if call.caller else ""
-            self.cost.labels(served, key).inc(call.cost_usd)
+            child(self.cost, served, key).inc(call.cost_usd)
         if call.cache != "off":
-            self.cache.labels(call.model, call.cache).inc()
+            child(self.cache, call.model, call.cache).inc()
         if call.retries:
-            self.retries.labels(call.model).inc(call.retries)
+            child(self.retries, call.model).inc(call.retries)
         for failed in call.fallbacks:
-            self.fallbacks.labels(call.model, failed).inc()
+            child(self.fallbacks, call.model, failed).inc()
         if call.status == "error":
-            self.errors.labels(call.model, call.error_type or "unknown").inc()
+            child(self.errors, call.model, call.error_type or "unknown").inc()
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        """`family.labels(*labels)`, looked up once per label set (labels() costs as much as the
+        rest of counting a call; label sets are bounded by the configuration, see above)."""
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every family."""

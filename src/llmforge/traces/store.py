@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection, Engine
 
-from llmforge.core.db import Migration, migrate
+from llmforge.core.db import Migration, migrate, sortable_id
 from llmforge.core.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ MIGRATIONS = [
 class Trace(BaseModel):
     """One recorded call, as stored and as listed."""
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = Field(default_factory=sortable_id)
     created_at: float = Field(default_factory=time.time)
     kind: Literal["chat", "embedding"] = "chat"
     model: str
@@ -134,7 +133,7 @@ class TraceStore:
     def write(self, batch: Sequence[Trace]) -> None:
         if batch:
             with self.engine.begin() as conn:
-                conn.execute(traces.insert(), [t.model_dump() for t in batch])
+                conn.execute(traces.insert(), [vars(t) for t in batch])  # the fields, not a copy
 
     def list(self, limit: int = 20, model: str | None = None) -> list[Trace]:
         q = sa.select(traces).order_by(traces.c.created_at.desc()).limit(limit)

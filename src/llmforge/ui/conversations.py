@@ -25,8 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from llmforge.core.db import Migration, migrate
 from llmforge.core.errors import NotFoundError
-from llmforge.gateway.app import json_response
 from llmforge.gateway.call import Caller
+from llmforge.gateway.responses import json_response
 
 Authenticate = Callable[..., Awaitable[Caller | None]]
 
