@@ -14,12 +14,12 @@ import asyncio
 import os
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.errors import (
@@ -31,13 +31,14 @@ from llmforge.core.errors import (
 )
 from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
 from llmforge.models.base import ModelContext
+from llmforge.models.http_pool import ConnectFailed, HttpPool
 from llmforge.models.profiles import fill
 
 
 class HttpUpstream:
-    """Shared HTTP plumbing: one pooled aiohttp session per configured model, made on first use in
-    the event loop that uses it. (aiohttp, not httpx: with a fast upstream the HTTP client is most
-    of the gateway's own CPU time per call, and httpx's is several times aiohttp's.)
+    """Shared HTTP plumbing: pooled keep-alive connections per configured model (`HttpPool`), made
+    on first use in the event loop that uses them. An upstream that the environment sends through
+    a proxy (`HTTPS_PROXY`, ...) goes through an aiohttp session instead, which speaks proxies.
 
     The defaults speak OpenAI's dialect (bearer key, `{"error": ...}` events). Another vendor's
     subclass sets `headers` (sent with every request) and `context_exceeded` (the text by which its
@@ -50,31 +51,36 @@ class HttpUpstream:
         self.name = name
         self._api_key_env = api_key_env
         self._base_url = base_url.rstrip("/") + "/"
+        self._base_path = urlsplit(self._base_url).path
         self._proxy = env_proxy(self._base_url)  # HTTP(S)_PROXY / NO_PROXY, read once
-        # `connect` also bounds the wait for a free pooled connection
-        self._timeouts = aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=min(timeout_s, 10.0), sock_read=timeout_s
-        )
-        self._urls: dict[str, URL] = {}
+        self._timeout_s = timeout_s
+        self._pool: HttpPool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _connections(self) -> HttpPool:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256),
-                timeout=self._timeouts,
-                proxy=self._proxy,
+        if self._pool is None or self._loop is not loop:
+            self._pool = HttpPool(
+                self._base_url,
+                connect_timeout=min(self._timeout_s, 10.0),
+                read_timeout=self._timeout_s,
             )
             self._loop = loop
-        return self._session
+        return self._pool
 
-    def _url(self, path: str) -> URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = URL(self._base_url + path)
-        return url
+    def _proxied(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            timeouts = aiohttp.ClientTimeout(
+                total=None,
+                connect=self._timeout_s,
+                sock_connect=min(self._timeout_s, 10.0),
+                sock_read=self._timeout_s,
+            )
+            self._session = aiohttp.ClientSession(timeout=timeouts, proxy=self._proxy)
+            self._loop = loop
+        return self._session
 
     def _auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
@@ -96,43 +102,47 @@ class HttpUpstream:
             )
         return self._auth_headers(key)
 
+    def _json_headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", **self.headers, **self._key_headers()}
+
     async def post(self, path: str, payload: dict[str, Any]) -> Any:
+        body = orjson.dumps(payload)
         try:
-            async with self._http().post(
-                self._url(path), data=orjson.dumps(payload), headers=self._json_headers()
-            ) as r:
-                body = await r.read()
+            async with self._exchange(path, body) as (status, headers, chunks):
+                data = b"".join([chunk async for chunk in chunks])
         except TimeoutError:
             raise self._timeout() from None
-        except aiohttp.ClientError as e:
+        except (ConnectFailed, aiohttp.ClientError) as e:
             raise self._unreachable(e) from None
-        if r.status >= 400:
-            raise self._status_error(r.status, r.headers, body)
+        except OSError as e:
+            raise self._broken(e) from None
+        if status >= 400:
+            raise self._status_error(status, headers, data)
         try:
-            return orjson.loads(body)
+            return orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"model '{self.name}': upstream sent invalid JSON") from None
 
     async def sse(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each `data:` event of the SSE answer as a dict, up to `[DONE]` or the
         end of the stream. Closing the iterator early closes the upstream connection."""
+        body = orjson.dumps(payload)
         try:
-            async with self._http().post(
-                self._url(path), data=orjson.dumps(payload), headers=self._json_headers()
-            ) as r:
-                if r.status >= 400:
-                    raise self._status_error(r.status, r.headers, await r.read())
-                async for line in _lines(r.content):
+            async with self._exchange(path, body) as (status, headers, chunks):
+                if status >= 400:
+                    data = b"".join([chunk async for chunk in chunks])
+                    raise self._status_error(status, headers, data)
+                async for line in _lines(chunks):
                     if not line.startswith("data:"):
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                    data_line = line[5:].strip()
+                    if data_line == "[DONE]":
                         return
                     try:
-                        event = orjson.loads(data)
+                        event = orjson.loads(data_line)
                     except orjson.JSONDecodeError:
                         raise UpstreamError(
-                            f"model '{self.name}': bad SSE event {data[:80]!r}"
+                            f"model '{self.name}': bad SSE event {data_line[:80]!r}"
                         ) from None
                     if not isinstance(event, dict):
                         continue
@@ -141,13 +151,29 @@ class HttpUpstream:
                     yield event
         except TimeoutError:
             raise self._timeout() from None
-        except aiohttp.ClientConnectorError as e:
+        except (ConnectFailed, aiohttp.ClientConnectorError) as e:
             raise self._unreachable(e) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(f"model '{self.name}': upstream connection failed: {e!r}") from None
+        except (OSError, aiohttp.ClientError) as e:
+            raise self._broken(e) from None
 
-    def _json_headers(self) -> dict[str, str]:
-        return {"Content-Type": "application/json", **self.headers, **self._key_headers()}
+    @asynccontextmanager
+    async def _exchange(
+        self, path: str, body: bytes
+    ) -> AsyncIterator[tuple[int, Mapping[str, str], AsyncIterator[bytes]]]:
+        """POST `body` as JSON to `path`: the answer's status, headers and body chunks; the
+        connection is given back (or closed, if the body was not read to its end) on exit."""
+        headers = self._json_headers()
+        if self._proxy is None:
+            response = await self._connections().request(
+                "POST", self._base_path + path, list(headers.items()), body
+            )
+            try:
+                yield response.status, response.headers, response.iter_chunks()
+            finally:
+                response.close()
+            return
+        async with self._proxied().post(self._base_url + path, data=body, headers=headers) as r:
+            yield r.status, r.headers, r.content.iter_any()
 
     def _timeout(self) -> UpstreamTimeoutError:
         return UpstreamTimeoutError(
@@ -156,9 +182,12 @@ class HttpUpstream:
 
     def _unreachable(self, e: Exception) -> UpstreamError:
         return UpstreamError(
-            f"model '{self.name}': cannot reach upstream {self._base_url}: {e!r}; "
+            f"model '{self.name}': cannot reach upstream {self._base_url}: {e}; "
             "check `base_url` in llmforge.yaml and that the server is running"
         )
+
+    def _broken(self, e: Exception) -> UpstreamError:
+        return UpstreamError(f"model '{self.name}': upstream connection failed: {e!r}")
 
     def _status_error(self, status: int, headers: Mapping[str, str], body: bytes) -> LLMForgeError:
         try:
@@ -172,15 +201,18 @@ class HttpUpstream:
         return UpstreamError(message, status_code=status, retry_after_s=retry_after(headers))
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
 
-async def _lines(body: aiohttp.StreamReader) -> AsyncIterator[str]:
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The lines of a body as it arrives (ended by `\\n`, `\\r\\n` or `\\r`)."""
     pending = b""
-    async for chunk in body.iter_any():
+    async for chunk in chunks:
         lines = (pending + chunk).splitlines(keepends=True)
         pending = lines.pop() if lines and not lines[-1].endswith((b"\n", b"\r")) else b""
         for line in lines:
