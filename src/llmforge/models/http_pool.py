@@ -179,6 +179,9 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.parser = httptools.HttpResponseParser(self)
         self.last_read = self.loop.time()
+        if self.paused:  # the last answer filled the buffer and was closed unread
+            self.paused = False
+            self.transport.resume_reading()
         self.transport.write(data)
 
     async def wait_headers(self) -> None:
