@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from llmforge.kb.types import Chunk, LoadedDocument
 
 _CJK = "\u2e80-\u2fff\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SIMPLE_TOKEN = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 _SENTENCE_END = re.compile(
     r"[。！？；…]+[”’」』）)\"']*[ \t]*"  # CJK: no space needed after the mark
@@ -127,7 +128,7 @@ class _Unit:
 
 def _units(text: str, size: int, counter: TokenCounter) -> list[_Unit]:
     units: list[_Unit] = []
-    for paragraph in re.split(r"\n[ \t]*\n", text):
+    for paragraph in _PARAGRAPH_BREAK.split(text):
         paragraph = paragraph.strip()
         if not paragraph:
             continue
@@ -165,6 +166,22 @@ def _needs_space(before: str, after: str) -> bool:
 
 def pack(text: str, size: int, overlap: int, counter: TokenCounter) -> list[str]:
     """The chunk texts of one section: at most `size` tokens each, `overlap` tokens shared."""
+    return [chunk for chunk, _ in _pack_counted(text, size, overlap, counter)]
+
+
+def _pack_counted(
+    text: str, size: int, overlap: int, counter: TokenCounter
+) -> list[tuple[str, int]]:
+    """`pack`, with each chunk's token count. A section that fits in one chunk (most of them, in
+    collections of short documents) is counted once, not once per paragraph and again whole."""
+    paragraphs = [p.strip() for p in _PARAGRAPH_BREAK.split(text)]
+    whole = "\n\n".join(p for p in paragraphs if p)
+    if not whole:
+        return []
+    if len(whole) <= size * 6:  # else surely too long: tokens are rarely over 6 characters
+        tokens = counter.count(whole)
+        if tokens <= size:
+            return [(whole, tokens)]
     chunks: list[str] = []
     current: list[_Unit] = []
     tokens = 0
@@ -183,7 +200,7 @@ def pack(text: str, size: int, overlap: int, counter: TokenCounter) -> list[str]
         tokens += unit.tokens
     if current:
         chunks.append(_join(current))
-    return [c for c in chunks if c]
+    return [(c, counter.count(c)) for c in chunks if c]
 
 
 def chunk_id(source: str, index: int, content_hash: str) -> str:
@@ -198,7 +215,7 @@ def chunk_document(
         raise ValueError("overlap must be smaller than size")
     chunks: list[Chunk] = []
     for section in doc.sections:
-        for text in pack(section.text, size, overlap, counter):
+        for text, tokens in _pack_counted(section.text, size, overlap, counter):
             digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
             index = len(chunks)
             chunks.append(
@@ -212,7 +229,7 @@ def chunk_document(
                     file_type=doc.file_type,
                     chunk_index=index,
                     content_hash=digest,
-                    tokens=counter.count(text),
+                    tokens=tokens,
                 )
             )
     return chunks

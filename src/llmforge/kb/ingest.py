@@ -129,11 +129,9 @@ async def ingest(
         report.removed = sorted(p for p in gone if known[p].status == "done")
 
     todo: list[tuple[Path, str]] = []
-    for file in files:
-        try:
-            digest = await asyncio.to_thread(file_hash, file)
-        except OSError as e:
-            report.failed.append(FileError(path=str(file), error=str(e.strerror or e)))
+    for file, digest in await asyncio.to_thread(_hashes, files):
+        if isinstance(digest, OSError):
+            report.failed.append(FileError(path=str(file), error=str(digest.strerror or digest)))
             continue
         row = known.get(str(file))
         if row is not None and row.status == "done" and row.content_hash == digest:
@@ -144,8 +142,18 @@ async def ingest(
     if progress:
         progress(state)
 
+    def stored(batch: list[_Parsed]) -> None:
+        state.files_done += len(batch)
+        state.chunks_done += sum(len(p.chunks) for p in batch)
+        state.current = batch[-1].path
+        if progress:
+            progress(state)
+
+    # Three stages overlap: files are parsed (a thread) while a batch is embedded, and a batch is
+    # written to the stores (another thread) while the next one is embedded.
     queue: asyncio.Queue[_Parsed | LoadError | None] = asyncio.Queue(maxsize=64)
     producer = asyncio.create_task(_produce(target, todo, queue))
+    storing: asyncio.Task[list[_Parsed]] | None = None
     try:
         batch: list[_Parsed] = []
         batch_size = 0
@@ -159,19 +167,21 @@ async def ingest(
                 batch.append(item)
                 batch_size += len(item.chunks)
             if batch and (item is None or batch_size >= target.batch_chunks):
-                await _write(target, batch, known, report)
+                vectors = await _embed(target, batch)
+                if storing is not None:
+                    stored(await storing)
+                storing = asyncio.create_task(_store(target, batch, vectors, known, report))
                 changed_store = True
-                state.files_done += len(batch)
-                state.chunks_done += batch_size
-                state.current = batch[-1].path
-                if progress:
-                    progress(state)
                 batch, batch_size = [], 0
             if item is None:
                 break
+        if storing is not None:
+            stored(await storing)
         await producer
     finally:
         producer.cancel()
+        if storing is not None and not storing.done():
+            await asyncio.wait([storing])  # a half-written batch stays `pending`: redone next run
 
     bm25_missing = not (target.bm25_folder / "chunks.json").is_file()
     if changed_store or bm25_missing:
@@ -204,9 +214,17 @@ def _parse(target: IngestTarget, file: Path, digest: str) -> _Parsed:
     return _Parsed(str(file), digest, doc.title, doc.file_type, chunks)
 
 
-async def _write(
-    target: IngestTarget, batch: list[_Parsed], known: dict[str, FileRow], report: IngestReport
-) -> None:
+def _hashes(files: list[Path]) -> list[tuple[Path, str | OSError]]:
+    out: list[tuple[Path, str | OSError]] = []
+    for file in files:
+        try:
+            out.append((file, file_hash(file)))
+        except OSError as e:
+            out.append((file, e))
+    return out
+
+
+async def _embed(target: IngestTarget, batch: list[_Parsed]) -> list[list[float]]:
     chunks = [c for p in batch for c in p.chunks]
     vectors: list[list[float]] = []
     for start in range(0, len(chunks), target.batch_chunks):
@@ -218,6 +236,19 @@ async def _write(
             f"knowledge base '{target.kb}' holds {target.dimensions}-dimensional vectors but the "
             f"embedder returned {len(vectors[0])}; ingest into a new knowledge base"
         )
+    return vectors
+
+
+async def _store(
+    target: IngestTarget,
+    batch: list[_Parsed],
+    vectors: list[list[float]],
+    known: dict[str, FileRow],
+    report: IngestReport,
+) -> list[_Parsed]:
+    """Write one embedded batch: its files marked pending, their old chunks replaced, then
+    marked done (a crash in between leaves them pending, to be redone)."""
+    chunks = [c for p in batch for c in p.chunks]
 
     def rows(status: str) -> list[FileRow]:
         return [
@@ -233,15 +264,18 @@ async def _write(
             for p in batch
         ]
 
-    sources = [p.path for p in batch]
+    # only files the manifest knows can have chunks stored (it marks them before the store write)
+    replaced = [p.path for p in batch if p.path in known]
     await asyncio.to_thread(target.manifest.mark, target.kb, rows("pending"))
-    await asyncio.to_thread(target.store.delete, sources)
+    if replaced:
+        await asyncio.to_thread(target.store.delete, replaced)
     await asyncio.to_thread(target.store.upsert, chunks, vectors)
     await asyncio.to_thread(target.manifest.mark, target.kb, rows("done"))
     for p in batch:
         previous = known.get(p.path)
         (report.updated if previous and previous.status == "done" else report.added).append(p.path)
     report.chunks_embedded += len(chunks)
+    return batch
 
 
 def rebuild_bm25(store: VectorStore, folder: Path) -> Bm25Index | None:
