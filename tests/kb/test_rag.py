@@ -150,11 +150,12 @@ def test_question_outside_the_knowledge_base_is_answered_plainly_without_the_mod
 
 
 def test_small_talk_is_answered_without_a_search(tmp_path: Path, corpus: Path) -> None:
-    settings = rag_settings(tmp_path, ["You are welcome!"])
+    # brackets in an answer given without passages are the model's own text, not citations
+    settings = rag_settings(tmp_path, ["You are welcome! Footnotes look like [1]."])
     ingest_corpus(settings, corpus)
     with client_for(settings) as client:
         reply = ask(client, "Thanks!")
-    assert reply.choices[0].message.content == "You are welcome!"
+    assert reply.choices[0].message.content == "You are welcome! Footnotes look like [1]."
     assert "sources" not in (reply.model_extra or {})
 
 

@@ -271,7 +271,8 @@ def _attribute(answer: str, sources: Sequence[Source]) -> set[int]:
 
 class _MarkerFilter:
     """Streams text through, removing `[n]` markers that name no passage and noting the valid
-    ones. A `[` that may still open a marker is held back until it is decided."""
+    ones. A `[` that may still open a marker is held back until it is decided. With no passages
+    (small talk) nothing is a citation, so the text passes untouched."""
 
     def __init__(self, passages: int) -> None:
         self.passages = passages
@@ -279,6 +280,8 @@ class _MarkerFilter:
         self._held = ""
 
     def feed(self, text: str) -> str:
+        if not self.passages:
+            return text
         text = self._held + text
         self._held = ""
         start = text.rfind("[")
