@@ -19,13 +19,14 @@ reports the disconnect, so an abandoned request does not keep a model busy. The 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -120,7 +121,10 @@ class OpenAIRoutes:
                 path, 500, "Internal server error; see the server log.", "server_error", None,
                 "internal_error",
             )  # fmt: skip
-        await response(scope, receive, send)
+        # Servers on ASGI 2.4 report a hang-up mid-stream as a failed send (Starlette raises
+        # ClientDisconnect); it is not an error: the stream's generator is closed either way.
+        with contextlib.suppress(ClientDisconnect):
+            await response(scope, receive, send)
 
     # -- routes ---------------------------------------------------------------------------------
 
