@@ -47,8 +47,7 @@ class HttpPool:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        default_port = self.port == (443 if parts.scheme == "https" else 80)
-        self.authority = parts.netloc.rsplit("@", 1)[-1] if not default_port else self.host
+        self.authority = parts.netloc.rsplit("@", 1)[-1]  # the Host header: [v6] and port kept
         self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
