@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmforge import __version__
 from llmforge.core.db import open_engine
@@ -76,14 +76,15 @@ Extension = Callable[[FastAPI, AppContext], None]
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the OpenAI routes (`openai`) served before its middleware stack."""
+    """FastAPI, with the OpenAI routes (`openai`, for `openai_paths`) served before its
+    middleware stack."""
 
-    openai: OpenAIRoutes | None = None
+    openai: ASGIApp | None = None
+    openai_paths: frozenset[str] = frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        openai = self.openai
-        if openai is not None and scope["type"] == "http" and scope["path"] in openai.routes:
-            await openai(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in self.openai_paths and self.openai:
+            await self.openai(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -143,8 +144,12 @@ def create_app(
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
     app = GatewayApp(title="LLMForge", version=__version__, lifespan=lifespan, telemetry=no_otel)
     app.state.ctx = ctx
-    app.openai = OpenAIRoutes(
-        gateway, admission.authenticate, settings.server.max_body_bytes, metrics
+    openai = OpenAIRoutes(gateway, admission.authenticate)
+    app.openai_paths = frozenset(openai.routes)
+    # the same two guards as the FastAPI routes get below
+    app.openai = InFlightMiddleware(
+        BodyLimitMiddleware(openai, max_bytes=settings.server.max_body_bytes),
+        gauge=metrics.in_flight,
     )
     _install_error_handlers(app)
     _add_routes(app, ctx)

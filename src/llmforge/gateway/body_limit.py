@@ -6,20 +6,18 @@ the server reads no more than that) and counts bytes of chunked bodies as they a
 
 from __future__ import annotations
 
-from typing import Any
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmforge.core.errors import RequestTooLargeError
 from llmforge.gateway.responses import forge_error_response
 
-Scope = dict[str, Any]
-
 
 class BodyLimitMiddleware:
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -38,7 +36,7 @@ class BodyLimitMiddleware:
         seen = 0
         started = refused = False
 
-        async def limited_receive() -> Any:
+        async def limited_receive() -> Message:
             nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
@@ -52,7 +50,7 @@ class BodyLimitMiddleware:
                     }  # the app stops reading; its answer is dropped
             return message
 
-        async def guarded_send(message: Any) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
             if refused:
                 return
@@ -61,13 +59,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         """413 in the shape of the API the request spoke (Anthropic's on /v1/messages)."""
-        response = forge_error_response(scope.get("path", ""), too_large(self.max_bytes))
-        await response(scope, receive, send)
-
-
-def too_large(max_bytes: int) -> RequestTooLargeError:
-    return RequestTooLargeError(
-        f"Request body is larger than {max_bytes} bytes (server.max_body_bytes)."
-    )
+        error = RequestTooLargeError(
+            f"Request body is larger than {self.max_bytes} bytes (server.max_body_bytes)."
+        )
+        await forge_error_response(scope.get("path", ""), error)(scope, receive, send)

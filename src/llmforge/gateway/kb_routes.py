@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +38,7 @@ from starlette.datastructures import UploadFile
 
 from llmforge.core.errors import InvalidRequestError, PermissionDeniedError
 from llmforge.gateway.mcp import mount_mcp
+from llmforge.gateway.responses import json_response
 from llmforge.kb import (
     IngestProgress,
     IngestReport,
@@ -277,10 +277,6 @@ def add_kb_routes(app: FastAPI, ctx: AppContext) -> None:
         return json_response({"object": "chunk", "kb": name, **chunk.model_dump()})
 
     mount_mcp(app, ctx)
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 def _server_path(raw: str) -> Path:

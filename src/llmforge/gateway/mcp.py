@@ -204,13 +204,7 @@ async def _fetch(kbs: KnowledgeBases, hit_id: str) -> FetchedChunk:
             id=f"{kb.name}:{chunk.id}",
             kb=kb.name,
             chunk_id=chunk.id,
-            title=chunk.title,
-            source=chunk.source,
-            heading_path=chunk.heading_path,
-            page=chunk.page,
-            chunk_index=chunk.chunk_index,
-            file_type=chunk.file_type,
-            text=chunk.text,
+            **chunk.model_dump(exclude={"id", "content_hash", "tokens"}),
         )
     raise NotFoundError(f"No chunk '{chunk_id}' in any knowledge base; pass an id from `search`.")
 
