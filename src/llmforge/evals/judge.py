@@ -1,7 +1,7 @@
 """An LLM as judge: structured judgements with retries, and the judge metrics built on it.
 
 `Judge.ask(messages, Schema)` asks the injected chat model for a JSON object matching a pydantic
-model. The schema travels in `Sampling.json_schema`, so a llama.cpp judge is grammar-constrained
+model. The schema travels in `Sampling.response_format`, so a llama.cpp judge is grammar-constrained
 and an OpenAI-compatible one gets `response_format`; whatever comes back is still parsed and
 validated here. A malformed answer is retried, the model shown what was wrong; after `attempts`
 tries a `JudgeError` is raised, which the metrics record as the case's error, never as a silent 0.
@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from llmforge.core.errors import LLMForgeError, ModelError
-from llmforge.core.types import Message, Sampling
+from llmforge.core.types import Message, ResponseFormat, Sampling
 from llmforge.evals.base import Metric, MetricOptions, Output, Score
 from llmforge.evals.dataset import Case
 from llmforge.evals.metrics import NO_EXPECTED
@@ -106,7 +106,7 @@ class Judge:
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             seed=seed,
-            json_schema=schema.model_json_schema(),
+            response_format=ResponseFormat.for_schema(schema.model_json_schema()),
         )
         conversation = list(messages)
         problem, text = "", ""

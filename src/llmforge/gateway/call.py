@@ -80,7 +80,7 @@ class Call:
             {"input": self.inputs}
             if self.kind == "embedding"
             else {
-                "messages": [m.model_dump(exclude_none=True) for m in self.messages],
+                "messages": [m.compact() for m in self.messages],
                 "sampling": self.sampling.model_dump(exclude_none=True, exclude_defaults=True),
             }
         )

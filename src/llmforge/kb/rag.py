@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from llmforge.core.config import ModelConfig, RagOptions
 from llmforge.core.errors import ConfigError, LLMForgeError
-from llmforge.core.types import Completion, Delta, Message, Sampling, Source, Usage
+from llmforge.core.types import Completion, Delta, Message, ResponseFormat, Sampling, Source, Usage
 from llmforge.kb.knowledge_base import KnowledgeBase, shared_knowledge_bases
 from llmforge.kb.types import Hit
 from llmforge.models.base import ChatModel, ModelContext, collect
@@ -194,7 +194,11 @@ class RagChatModel:
     async def _decide(self, messages: Sequence[Message]) -> tuple[bool | None, list[str], Usage]:
         """The wrapped model's decision and queries; None when its reply is not usable JSON."""
         ask = [Message(role="system", content=DECIDE.format(kb=self.kb_name)), *messages[-6:]]
-        sampling = Sampling(max_tokens=128, temperature=0.0, json_schema=DECISION_SCHEMA)
+        sampling = Sampling(
+            max_tokens=128,
+            temperature=0.0,
+            response_format=ResponseFormat.for_schema(DECISION_SCHEMA),
+        )
         reply = await self._model.complete(ask, sampling)
         match = re.search(r"\{.*\}", reply.text, re.DOTALL)
         try:

@@ -6,15 +6,27 @@ Backends (registered through entry points, exactly as a plugin would): `llamacpp
 `openai`, `fake`.
 """
 
-from llmforge.models.base import ChatModel, Embedder, chat_models, collect, embedders
+from llmforge.models.base import (
+    ChatModel,
+    CompletionBuilder,
+    Embedder,
+    TextModel,
+    TokenCounter,
+    chat_models,
+    collect,
+    embedders,
+)
 from llmforge.models.catalog import Deployment, ModelCatalog, ModelInfo
 
 __all__ = [
     "ChatModel",
+    "CompletionBuilder",
     "Deployment",
     "Embedder",
     "ModelCatalog",
     "ModelInfo",
+    "TextModel",
+    "TokenCounter",
     "chat_models",
     "collect",
     "embedders",

@@ -21,6 +21,7 @@ from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.registry import Registry
 from llmforge.core.settings import Settings
 from llmforge.core.types import (
+    Choice,
     Completion,
     Delta,
     Embeddings,
@@ -28,6 +29,8 @@ from llmforge.core.types import (
     Message,
     Sampling,
     Source,
+    TokenLogprob,
+    ToolCall,
     Usage,
 )
 
@@ -45,6 +48,28 @@ class ChatModel(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """A chat model that also continues raw text, without its chat template (the legacy
+    `/v1/completions`). Optional: a model without it refuses text completion with a 400."""
+
+    def stream_text(self, prompt: str, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        """Like `ChatModel.stream`, for a plain prompt."""
+        ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A chat model that knows its tokenizer. Optional: admission uses it to bound a call's
+    prompt exactly instead of by its bytes."""
+
+    def count_prompt_tokens(self, messages: Sequence[Message], sampling: Sampling) -> int | None:
+        """The prompt's tokens as the model will see them (chat template and tool descriptions
+        included); None when that cannot be known cheaply now (e.g. weights not loaded yet).
+        Safe to call from the event loop: fast, no I/O."""
+        ...
 
 
 @runtime_checkable
@@ -82,17 +107,80 @@ chat_models: Registry[ChatModelFactory] = Registry("model provider", "llmforge.m
 embedders: Registry[EmbedderFactory] = Registry("embedding provider", "llmforge.embedders")
 
 
+class CompletionBuilder:
+    """Folds a stream of `Delta`s into the `Completion` it amounts to: text, tool calls (their
+    pieces joined by index), log probabilities and finish reason per choice; usage and sources
+    from whichever delta carried them last."""
+
+    def __init__(self) -> None:
+        self._text: dict[int, list[str]] = {}
+        self._finish: dict[int, FinishReason] = {}
+        # choice -> call index -> [id, name, arguments so far]
+        self._calls: dict[int, dict[int, list[str]]] = {}
+        self._logprobs: dict[int, list[TokenLogprob]] = {}
+        self.usage: Usage | None = None
+        self.sources: tuple[Source, ...] = ()
+
+    def add(self, delta: Delta) -> None:
+        c = delta.choice
+        self._text.setdefault(c, []).append(delta.text)
+        for piece in delta.tool_calls:
+            call = self._calls.setdefault(c, {}).setdefault(piece.index, ["", "", ""])
+            call[0] = piece.id or call[0]
+            call[1] = piece.name or call[1]
+            call[2] += piece.arguments
+        if delta.logprobs:
+            self._logprobs.setdefault(c, []).extend(delta.logprobs)
+        if delta.finish_reason:
+            self._finish[c] = delta.finish_reason
+        if delta.usage:
+            self.usage = delta.usage
+        self.sources = delta.sources or self.sources
+
+    def text(self, choice: int = 0) -> str:
+        return "".join(self._text.get(choice, ()))
+
+    def finish_reason(self, choice: int = 0) -> FinishReason | None:
+        return self._finish.get(choice)
+
+    def tool_calls(self, choice: int = 0) -> tuple[ToolCall, ...]:
+        calls = self._calls.get(choice, {})
+        return tuple(
+            ToolCall(id=i, name=n, arguments=a or "{}")
+            for i, n, a in (calls[k] for k in sorted(calls))
+        )
+
+    def result(self, logprobs: bool = False) -> Completion:
+        """The Completion so far (`logprobs`: include them, [] when none came)."""
+
+        def lp(c: int) -> list[TokenLogprob] | None:
+            return self._logprobs.get(c, []) if logprobs or c in self._logprobs else None
+
+        extra = tuple(
+            Choice(
+                index=c,
+                text=self.text(c),
+                finish_reason=self._finish.get(c, "stop"),
+                tool_calls=self.tool_calls(c),
+                logprobs=lp(c),
+            )
+            for c in sorted(set(self._text) | set(self._finish))
+            if c > 0
+        )
+        return Completion(
+            text=self.text(0),
+            finish_reason=self._finish.get(0, "stop"),
+            usage=self.usage or Usage(),
+            sources=self.sources,
+            tool_calls=self.tool_calls(0),
+            logprobs=lp(0),
+            extra_choices=extra,
+        )
+
+
 async def collect(stream: AsyncGenerator[Delta, None]) -> Completion:
     """Drain a stream into one Completion (for backends whose whole answer is their stream)."""
-    parts: list[str] = []
-    finish: FinishReason = "stop"
-    usage = Usage()
-    sources: tuple[Source, ...] = ()
+    builder = CompletionBuilder()
     async for delta in stream:
-        parts.append(delta.text)
-        if delta.finish_reason:
-            finish = delta.finish_reason
-        if delta.usage:
-            usage = delta.usage
-        sources = delta.sources or sources
-    return Completion(text="".join(parts), finish_reason=finish, usage=usage, sources=sources)
+        builder.add(delta)
+    return builder.result()

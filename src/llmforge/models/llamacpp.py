@@ -160,7 +160,7 @@ class LlamaCppChatModel:
         # Re-using the previous call's KV cache changes the numerics, so the same request could
         # answer differently the second time: start clean for reproducible (greedy) output.
         llm.reset()
-        prompt = self._format(messages=[m.model_dump(exclude_none=True) for m in messages])
+        prompt = self._format(messages=[m.compact() for m in messages])
         tokens = llm.tokenize(
             prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True
         )

@@ -265,10 +265,22 @@ class OpenAICompatChatModel:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._client.model_id,
-            "messages": [m.model_dump(exclude_none=True) for m in messages],
+            "messages": [m.compact() for m in messages],
             "stream": stream,
         }
-        body.update(sampling.model_dump(exclude_none=True, exclude={"stop", "json_schema"}))
+        body.update(
+            sampling.model_dump(
+                exclude_none=True,
+                include={
+                    "max_tokens",
+                    "temperature",
+                    "top_p",
+                    "seed",
+                    "presence_penalty",
+                    "frequency_penalty",
+                },
+            )
+        )
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         if sampling.json_schema is not None:
