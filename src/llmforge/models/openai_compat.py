@@ -4,8 +4,16 @@ vLLM, llama-server, Ollama, or another LLMForge; and the HTTP plumbing other ven
 One client, configured by data (`base_url`, `api_key_env`, `model_id`, `timeout_s`); vendor defaults
 come from `profiles.py`, filled in by the factories, so there are no per-vendor branches.
 `HttpUpstream` is the part every vendor API has in common (pooled connections, JSON POST, SSE,
-transport failures); a subclass says only how its vendor authenticates and spells errors. Transport
-failures and error statuses are translated into the LLMForge error tree here, at the boundary.
+transport failures, reading answers into pydantic models); a subclass says only how its vendor
+authenticates and spells errors. Transport failures, error statuses and answers of the wrong shape
+are translated into the LLMForge error tree here, at the boundary.
+
+The chat model speaks the whole chat protocol (tools and tool results, tool_choice,
+parallel_tool_calls, response_format, logprobs, n choices, image parts) by passing each parameter
+through as OpenAI spells it, and the legacy text API (`/completions`) for `TextModel`. Answers are
+read by the models of `openai_answers.py`. It does not check what a vendor supports (a vendor that
+refuses a parameter answers 400, which reaches the client as a 400) and sends nothing it was not
+given: no default tool_choice, no `n` of 1.
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ import os
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.errors import (
@@ -29,10 +38,28 @@ from llmforge.core.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from llmforge.core.types import Completion, Delta, Embeddings, Message, Sampling, Usage
+from llmforge.core.types import (
+    Completion,
+    Delta,
+    Embeddings,
+    Message,
+    ResponseFormat,
+    Sampling,
+)
 from llmforge.models.base import ModelContext
 from llmforge.models.http_pool import ConnectFailed, HttpPool
+from llmforge.models.openai_answers import (
+    ChatAnswer,
+    ChatChunk,
+    ChunkReader,
+    EmbeddingAnswer,
+    TextAnswer,
+    TextChunk,
+    usage_of,
+)
 from llmforge.models.profiles import fill
+
+A = TypeVar("A", bound=BaseModel)
 
 
 class HttpUpstream:
@@ -46,6 +73,7 @@ class HttpUpstream:
 
     headers: ClassVar[dict[str, str]] = {}
     context_exceeded: ClassVar[str] = "context_length_exceeded"
+    api: ClassVar[str] = "an OpenAI-compatible API"  # what `base_url` should point at
 
     def __init__(self, name: str, base_url: str, api_key_env: str | None, timeout_s: float) -> None:
         self.name = name
@@ -200,6 +228,19 @@ class HttpUpstream:
             return ContextWindowExceededError(message, param="messages")
         return UpstreamError(message, status_code=status, retry_after_s=retry_after(headers))
 
+    def parse(self, kind: type[A], data: Any) -> A:
+        """`data` (a decoded answer or stream event) read as `kind`; a shape that does not fit is
+        an `UpstreamError` naming the model, never a KeyError."""
+        try:
+            return kind.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the answer"
+            raise UpstreamError(
+                f"model '{self.name}': upstream sent an answer LLMForge cannot read "
+                f"({where}: {first['msg']}); check that `base_url` points at {self.api}"
+            ) from None
+
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.aclose()
@@ -250,6 +291,13 @@ class OpenAICompatClient(HttpUpstream):
 
 
 class OpenAICompatChatModel:
+    """Chat (`/chat/completions`) and raw text (`/completions`) on an OpenAI-compatible server.
+
+    Every parameter of the protocol is passed through as OpenAI spells it (tools, tool_choice,
+    parallel_tool_calls, response_format, logprobs / top_logprobs, n, tool calls and tool results
+    in the history, image parts); whether the server supports it is the server's to say, and its
+    400 comes back as an `UpstreamError` with status 400."""
+
     def __init__(self, config: ModelConfig) -> None:
         self._client = OpenAICompatClient(
             config.name,
@@ -265,65 +313,143 @@ class OpenAICompatChatModel:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._client.model_id,
-            "messages": [m.compact() for m in messages],
+            "messages": [_message(m) for m in messages],
             "stream": stream,
+            **_sampling(sampling, stream),
+            **_tools(sampling),
         }
-        body.update(
-            sampling.model_dump(
-                exclude_none=True,
-                include={
-                    "max_tokens",
-                    "temperature",
-                    "top_p",
-                    "seed",
-                    "presence_penalty",
-                    "frequency_penalty",
-                },
-            )
-        )
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if sampling.json_schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": sampling.json_schema},
-            }
-        if stream:
-            body["stream_options"] = {"include_usage": True}
+        if sampling.response_format is not None:
+            body["response_format"] = _response_format(sampling.response_format)
+        if sampling.logprobs:
+            body["logprobs"] = True
+            if sampling.top_logprobs is not None:
+                body["top_logprobs"] = sampling.top_logprobs
+        return body
+
+    def _text_payload(self, prompt: str, sampling: Sampling, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._client.model_id,
+            "prompt": prompt,
+            "stream": stream,
+            **_sampling(sampling, stream),
+        }
+        if sampling.logprobs:  # the legacy API's `logprobs` is the number of alternatives
+            body["logprobs"] = sampling.top_logprobs or 0
         return body
 
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
         data = await self._client.post("chat/completions", self._payload(messages, sampling, False))
-        try:
-            choice = data["choices"][0]
-            return Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=_finish(choice.get("finish_reason")),
-                usage=_usage(data.get("usage")),
-            )
-        except (KeyError, IndexError, TypeError):
-            raise UpstreamError(f"model '{self._client.name}': unexpected answer shape") from None
+        return self._client.parse(ChatAnswer, data).to_core(sampling.logprobs)
 
     async def stream(
         self, messages: Sequence[Message], sampling: Sampling
     ) -> AsyncGenerator[Delta, None]:
-        finish: str | None = None
-        usage: Usage | None = None
-        async for event in self._client.sse(
-            "chat/completions", self._payload(messages, sampling, True)
-        ):
-            if event.get("usage"):
-                usage = _usage(event["usage"])
-            for choice in event.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield Delta(text=text)
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-        yield Delta(finish_reason=_finish(finish), usage=usage or Usage())
+        reader = ChunkReader()
+        payload = self._payload(messages, sampling, True)
+        async for event in self._client.sse("chat/completions", payload):
+            for delta in reader.chat(self._client.parse(ChatChunk, event)):
+                yield delta
+        for delta in reader.end():
+            yield delta
+
+    async def complete_text(self, prompt: str, sampling: Sampling) -> Completion:
+        """Continue `prompt` as raw text (`POST /completions`), whole."""
+        data = await self._client.post("completions", self._text_payload(prompt, sampling, False))
+        return self._client.parse(TextAnswer, data).to_core(sampling.logprobs)
+
+    async def stream_text(self, prompt: str, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        """Continue `prompt` as raw text (`POST /completions` with `stream`), piece by piece."""
+        reader = ChunkReader()
+        payload = self._text_payload(prompt, sampling, True)
+        async for event in self._client.sse("completions", payload):
+            for delta in reader.text(self._client.parse(TextChunk, event)):
+                yield delta
+        for delta in reader.end():
+            yield delta
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _message(m: Message) -> dict[str, Any]:
+    """A core message as OpenAI's chat API takes it."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+        for image in m.images:
+            url: dict[str, Any] = {"url": image.url}
+            if image.detail is not None:
+                url["detail"] = image.detail
+            parts.append({"type": "image_url", "image_url": url})
+        out["content"] = parts
+    if m.name is not None:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["content"] = m.content or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _sampling(sampling: Sampling, stream: bool) -> dict[str, Any]:
+    """The sampling fields both the chat and the text API take."""
+    body = sampling.model_dump(
+        exclude_none=True,
+        include={
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+        },
+    )
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.n > 1:
+        body["n"] = sampling.n
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _tools(sampling: Sampling) -> dict[str, Any]:
+    """`tools`, `tool_choice` and `parallel_tool_calls`; the last two only with tools (OpenAI
+    refuses them alone)."""
+    if not sampling.tools:
+        return {}
+    tools = []
+    for t in sampling.tools:
+        function: dict[str, Any] = {"name": t.name, "parameters": t.parameters}
+        if t.description is not None:
+            function["description"] = t.description
+        if t.strict is not None:
+            function["strict"] = t.strict
+        tools.append({"type": "function", "function": function})
+    body: dict[str, Any] = {"tools": tools}
+    choice = sampling.tool_choice
+    if choice is not None:
+        body["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}}
+            if choice.mode == "function"
+            else choice.mode
+        )
+    if sampling.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = sampling.parallel_tool_calls
+    return body
+
+
+def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": fmt.name, "schema": fmt.json_schema or {"type": "object"}}
+    if fmt.strict is not None:
+        spec["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": spec}
 
 
 class OpenAICompatEmbedder:
@@ -341,10 +467,9 @@ class OpenAICompatEmbedder:
         data = await self._client.post(
             "embeddings", {"model": self._client.model_id, "input": list(texts)}
         )
-        rows = sorted(data["data"], key=lambda d: d["index"])
+        answer = self._client.parse(EmbeddingAnswer, data)
         return Embeddings(
-            vectors=[r["embedding"] for r in rows],
-            prompt_tokens=(data.get("usage") or {}).get("prompt_tokens", 0),
+            vectors=answer.vectors(), prompt_tokens=usage_of(answer.usage).prompt_tokens
         )
 
     async def aclose(self) -> None:
@@ -360,18 +485,6 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     if value and value.replace(".", "", 1).isdigit():
         return float(value)
     return None
-
-
-def _finish(reason: str | None) -> Any:
-    return reason if reason in ("stop", "length") else "stop"
-
-
-def _usage(raw: dict[str, Any] | None) -> Usage:
-    raw = raw or {}
-    return Usage(
-        prompt_tokens=raw.get("prompt_tokens") or 0,
-        completion_tokens=raw.get("completion_tokens") or 0,
-    )
 
 
 def error_message(body: Any) -> str:
