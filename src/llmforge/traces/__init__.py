@@ -1,6 +1,6 @@
 """Traces: every chat and embedding call recorded in the database, and `llmforge traces` to read
 them."""
 
-from llmforge.traces.store import MIGRATIONS, Trace, TraceRecorder, TraceStore
+from llmforge.traces.store import MIGRATIONS, RecorderStats, Trace, TraceRecorder, TraceStore
 
-__all__ = ["MIGRATIONS", "Trace", "TraceRecorder", "TraceStore"]
+__all__ = ["MIGRATIONS", "RecorderStats", "Trace", "TraceRecorder", "TraceStore"]

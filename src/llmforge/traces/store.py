@@ -2,20 +2,39 @@
 
 `TraceStore` is the synchronous, transactional store (one transaction per batch: a batch lands whole
 or not at all). `TraceRecorder` sits in front of it inside the server: callers hand it finished
-traces without waiting, a background task writes them in batches on a worker thread (a batch
-gathers for `linger_s`, 50 ms, so a busy server writes a few times a second, not once per call) and
-retries a failed batch with back-off. Memory is bounded (see `record`); `stop()` drains what is
-queued. A process killed between a response and its trace's write (about 50 ms) loses that trace; a
-batch is never half-written.
+traces without waiting, a background task writes them in batches (a batch gathers for `linger_s`,
+50 ms, so a busy server writes a few times a second, not once per call). Memory is bounded (see
+`record`).
+
+A failed write is judged by its cause. A database that is unavailable (locked, unreachable: an
+`OperationalError` or a lost connection) keeps the batch, retried with back-off. Any other failure
+is the rows' own (text that cannot be encoded, a value out of range, a broken constraint) and will
+never go away, so it is never retried as is: rows whose only fault is a lone UTF-16 surrogate in
+their text ("\ud800", which JSON escapes can carry) are stored with U+FFFD in its place; then the
+batch is bisected until every good row is written, and each row that still cannot be stored is
+dropped, counted (`RecorderStats`) and logged once with its id and the database's reason, never
+its content.
+
+`stop(deadline_s)` writes what it can within its deadline and counts the rest as lost; it returns
+in bounded time even when the database never comes back (writes run on daemon threads, so one
+stuck waiting on SQLite's lock does not hold up the process's exit either). A process killed
+between a response and its trace's write (about 50 ms) loses that trace; a batch is never
+half-written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import re
+import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
@@ -25,6 +44,11 @@ from llmforge.core.db import Migration, migrate, sortable_id
 from llmforge.core.errors import NotFoundError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FIRST_RETRY_S = 0.05  # back-off while the database is unavailable: doubles per failure ...
+MAX_RETRY_S = 5.0  # ... up to this
+STOP_DEADLINE_S = 5.0  # what `stop()` gives the writer by default
 
 metadata = sa.MetaData()
 traces = sa.Table(
@@ -105,7 +129,7 @@ class Trace(BaseModel):
 
     id: str = Field(default_factory=sortable_id)
     created_at: float = Field(default_factory=time.time)
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: Literal["chat", "text", "embedding"] = "chat"
     model: str
     request: dict[str, Any]
     output: str = ""
@@ -150,8 +174,75 @@ class TraceStore:
         return Trace.model_validate(row._asdict())
 
 
+def storable(trace: Trace) -> Trace:
+    """The trace with each lone surrogate in its text (strings anywhere in it, `request`'s keys
+    included) replaced by U+FFFD; the trace itself when it has none. No database accepts a lone
+    surrogate: it is not a character, and UTF-8 cannot encode it."""
+    fields = vars(trace)
+    fixed = {name: _without_surrogates(value) for name, value in fields.items()}
+    if all(fixed[name] is value for name, value in fields.items()):
+        return trace
+    return Trace.model_construct(**fixed)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    """`value` with surrogates replaced; the same object when it has none."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        items = [(_without_surrogates(k), _without_surrogates(v)) for k, v in value.items()]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, list | tuple):
+        fixed = [_without_surrogates(v) for v in value]
+        if all(f is v for f, v in zip(fixed, value, strict=True)):
+            return value
+        return fixed
+    return value
+
+
+def unavailable(e: BaseException) -> bool:
+    """Whether a failed write says the database is unavailable for now (locked, unreachable, a
+    lost connection), so the same rows may succeed later; any other failure is the rows' own."""
+    if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+        return True
+    return isinstance(
+        e, sa.exc.OperationalError | sa.exc.DisconnectionError | sa.exc.TimeoutError | OSError
+    )
+
+
+def _reason(e: BaseException) -> str:
+    """Why a write failed, without the statement's parameters (the row's content)."""
+    cause = e.orig if isinstance(e, sa.exc.StatementError) and e.orig is not None else e
+    if isinstance(cause, UnicodeError):
+        text = getattr(cause, "reason", "") or str(cause)
+    else:
+        text = str(cause).split("\n", 1)[0]
+    return f"{type(cause).__name__}: {text[:200]}"
+
+
+@dataclass
+class RecorderStats:
+    """What became of the traces handed to a `TraceRecorder`, since it was made."""
+
+    written: int = 0
+    repaired: int = 0  # stored with lone surrogates replaced by U+FFFD (also in `written`)
+    overflow: int = 0  # dropped: the queue and its overflow were full
+    unwritable: int = 0  # dropped: the database refuses the row itself
+    abandoned: int = 0  # lost: still unwritten when `stop()`'s deadline passed
+
+    @property
+    def dropped(self) -> int:
+        """Traces lost, for whatever reason."""
+        return self.overflow + self.unwritable + self.abandoned
+
+
 class TraceRecorder:
-    """Asynchronous, bounded, batching front of a TraceStore."""
+    """Asynchronous, bounded, batching front of a TraceStore (see the module docstring)."""
 
     def __init__(
         self,
@@ -161,12 +252,19 @@ class TraceRecorder:
         linger_s: float = 0.05,
     ) -> None:
         self.store = store
+        self.stats = RecorderStats()
         self._queue: asyncio.Queue[Trace] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._linger_s = linger_s  # how long a batch gathers before it is written
         self._task: asyncio.Task[None] | None = None
-        self._overflow = 0
-        self.dropped = 0
+        self._waiting: set[asyncio.Task[None]] = set()  # overflow: traces waiting for room
+        self._unwritten: deque[tuple[list[Trace], bool]] = deque()  # the batch being written
+        self._deadline: float | None = None  # loop time by which `stop()` gives up
+
+    @property
+    def dropped(self) -> int:
+        """Traces lost so far (see `stats` for why)."""
+        return self.stats.dropped
 
     def start(self) -> None:
         if self._task is None:
@@ -176,54 +274,157 @@ class TraceRecorder:
         """Queue a trace without waiting (safe in `finally` blocks of cancelled requests).
 
         When the queue is full, up to `queue_size` more wait in line; past that the trace is dropped
-        and
-        counted in `dropped`, so memory stays bounded even when the database is down."""
+        and counted (`stats.overflow`), so memory stays bounded even when the database is down."""
         if self._task is None:
             self.start()
         try:
             self._queue.put_nowait(trace)
         except asyncio.QueueFull:
-            if self._overflow >= self._queue.maxsize:
-                self.dropped += 1
+            if len(self._waiting) >= self._queue.maxsize:
+                self.stats.overflow += 1
                 log.error("trace queue full; dropped trace %s (%d dropped)", trace.id, self.dropped)
                 return
-            self._overflow += 1
             task = asyncio.ensure_future(self._queue.put(trace))
-            task.add_done_callback(self._overflow_done)
-
-    def _overflow_done(self, _task: asyncio.Future[None]) -> None:
-        self._overflow -= 1
+            self._waiting.add(task)
+            task.add_done_callback(self._waiting.discard)
 
     async def flush(self) -> None:
-        """Wait until everything recorded so far is written."""
-        while self._overflow:
+        """Wait until everything recorded so far is written (or dropped)."""
+        while self._waiting:
             await asyncio.sleep(0.01)
         await self._queue.join()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            await self.flush()
-            self._task.cancel()
-            self._task = None
+    async def stop(self, deadline_s: float = STOP_DEADLINE_S) -> None:
+        """Write what is queued, for at most `deadline_s`; whatever is still unwritten then is
+        counted in `stats.abandoned` and logged. Returns in bounded time whatever the database
+        does."""
+        if self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + deadline_s
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush(), deadline_s)
+        finally:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._deadline = None
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Count and log what the stopped writer left: its batch in hand, the queue, the line."""
+        left = [t for rows, _ in self._unwritten for t in rows]
+        self._unwritten.clear()
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+            self._queue.task_done()
+        lost = len(left)
+        for task in self._waiting:  # a trace waiting for room in the queue
+            if not task.done():
+                task.cancel()
+                lost += 1
+        self._waiting.clear()
+        if lost:
+            self.stats.abandoned += lost
+            ids = sorted(t.id for t in left)
+            log.error(
+                "%d trace(s) not written before the recorder stopped: the database did not take "
+                "them in time%s",
+                lost,
+                f" (ids {ids[0]} .. {ids[-1]})" if ids else "",
+            )
 
     async def _run(self) -> None:
-        delay = 0.05
         while True:
             batch = [await self._queue.get()]
+            self._unwritten.append((batch, False))  # from here on `stop()` accounts for it
             if self._linger_s > 0 and self._queue.qsize() < self._batch_size - 1:
                 # one write per linger, not one per call: a write's fixed cost (thread hop,
                 # transaction) is most of its cost, and it competes with requests for the GIL
                 await asyncio.sleep(self._linger_s)
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            while True:
-                try:
-                    await asyncio.to_thread(self.store.write, batch)
-                    delay = 0.05
-                    break
-                except sa.exc.SQLAlchemyError as e:  # keep the batch; retry with back-off
-                    log.warning("trace write failed (%s); retrying in %.1fs", e, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            for _ in batch:
-                self._queue.task_done()
+            try:
+                await self._write()
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self) -> None:
+        """Write the rows in hand: retried while the database is unavailable; rows it refuses
+        are repaired if they can be, else split off and dropped one by one (see the module
+        docstring). Returns early only when `stop()`'s deadline has passed."""
+        parts = self._unwritten  # (rows, repair tried), in order
+        delay = FIRST_RETRY_S
+        loop = asyncio.get_running_loop()
+        while parts:
+            rows, repaired = parts[0]
+            try:
+                await _on_daemon_thread(self.store.write, rows)
+            except Exception as e:
+                if unavailable(e):
+                    left = (self._deadline or math.inf) - loop.time()
+                    if left <= 0:
+                        return  # stopping: `stop()` counts what is left as abandoned
+                    log.warning(
+                        "trace write failed (%s); retrying in %.2fs", _reason(e), min(delay, left)
+                    )
+                    await asyncio.sleep(min(delay, left))
+                    delay = min(delay * 2, MAX_RETRY_S)
+                    continue
+                parts.popleft()
+                self._split(rows, repaired, e)
+            else:
+                parts.popleft()
+                self.stats.written += len(rows)
+                delay = FIRST_RETRY_S
+
+    def _split(self, rows: list[Trace], repaired: bool, e: Exception) -> None:
+        """Rows the database refused: the repaired batch first, then halves, then a single row
+        is dropped."""
+        parts = self._unwritten
+        if not repaired:
+            fixed = [storable(t) for t in rows]
+            changed = [t.id for t, f in zip(rows, fixed, strict=True) if f is not t]
+            if changed:
+                self.stats.repaired += len(changed)
+                for trace_id in changed:
+                    log.warning("trace %s: lone surrogates in its text stored as U+FFFD", trace_id)
+                parts.appendleft((fixed, True))
+                return
+        if len(rows) > 1:
+            middle = len(rows) // 2
+            parts.appendleft((rows[middle:], True))
+            parts.appendleft((rows[:middle], True))
+            return
+        self.stats.unwritable += 1
+        log.error("trace %s cannot be stored and was dropped (%s)", rows[0].id, _reason(e))
+
+
+async def _on_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on a new daemon thread. Not the loop's executor: a write that waits on a
+    locked SQLite file (up to its busy timeout) must not hold up the process's exit after
+    `stop()` gave up on it. Writes are a few a second, so a thread each costs nothing."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # the awaiting writer was cancelled
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="trace-write", daemon=True).start()
+    return await done
