@@ -3,9 +3,21 @@
 Inference runs on one dedicated worker thread per model (a llama context is not thread-safe), so the
 event loop never blocks. Requests wait in a bounded queue (`max_queue`); past it they are refused
 with OverloadedError rather than piling up. Tokens cross to the event loop one by one as they are
-sampled; a consumer that stops listening (client disconnect) sets a flag that llama.cpp checks after
-every token, so generation stops at once. The chat template is the model's own (GGUF metadata)
-unless the config overrides it.
+sampled; a consumer that stops listening (client disconnect) sets a flag that the token loop checks
+before every token, so generation stops at once.
+
+What a call may ask, and where it is done:
+
+- the prompt: the model's chat template (GGUF metadata, or `chat_template`), with tools and tool
+  turns written in (`chat_prompt`);
+- tool calls: the answer is a JSON envelope held to a grammar built from the tools' schemas, read
+  into text and call pieces as it is generated (`tool_envelope`); `response_format` is a grammar
+  from its schema; grammars are cached per schema;
+- the token loop, log probabilities and n answers to one prompt (`llama_decoder`);
+- `stream_text`: raw continuation of a prompt, without the template (legacy completions);
+- `count_prompt_tokens`: the exact prompt, tokenized on the caller's thread.
+
+Images are refused (400) before a call is queued: these models read text only.
 """
 
 from __future__ import annotations
@@ -14,8 +26,11 @@ import asyncio
 import json
 import os
 import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +43,28 @@ from llmforge.core.errors import (
     ModelError,
     OverloadedError,
 )
-from llmforge.core.types import Completion, Delta, FinishReason, Message, Sampling, Usage
-from llmforge.models.base import ModelContext, collect
+from llmforge.core.types import (
+    Completion,
+    Delta,
+    FinishReason,
+    Message,
+    Sampling,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
+from llmforge.models import tool_envelope
+from llmforge.models.base import CompletionBuilder, ModelContext
 from llmforge.models.builtin import resolve
+from llmforge.models.chat_prompt import ChatPrompt
+from llmforge.models.llama_decoder import Answer, Decoder, Step, seed_for
+from llmforge.models.tool_envelope import EnvelopeReader
 
 DEFAULT_CONTEXT = 4096
+GRAMMAR_CACHE = 64  # compiled schemas kept (tools differ per request: bounded)
 _END = object()
+
+Push = Callable[[Any], None]
 
 
 class LlamaCppChatModel:
@@ -51,8 +82,9 @@ class LlamaCppChatModel:
         self._inflight = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{config.name}")
         self._llm: Any = None
-        self._format: Callable[..., Any] | None = None
-        self._grammars: dict[str, Any] = {}  # JSON schema -> its compiled grammar
+        self._prompt: ChatPrompt | None = None
+        self._decoder: Decoder | None = None
+        self._grammars: OrderedDict[str, str] = OrderedDict()  # JSON schema -> its GBNF grammar
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -61,11 +93,57 @@ class LlamaCppChatModel:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._ensure_loaded)
 
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
-        return await collect(self.stream(messages, sampling))
+        builder = CompletionBuilder()
+        async for delta in self.stream(messages, sampling):
+            builder.add(delta)
+        return builder.result(logprobs=sampling.logprobs)
 
     async def stream(
         self, messages: Sequence[Message], sampling: Sampling
     ) -> AsyncGenerator[Delta, None]:
+        if any(m.images for m in messages):
+            raise InvalidRequestError(
+                f"model '{self.name}' reads text only: remove the image parts, or send them to "
+                "a model that reads images",
+                param="messages",
+            )
+        envelope = tool_envelope.envelope_schema(sampling)  # a bad tool_choice fails here
+        async with aclosing(self._serve(self._chat, messages, sampling, envelope)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def stream_text(self, prompt: str, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        """Continue `prompt` as raw text (no chat template), like `stream` otherwise."""
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty; give text to continue", param="prompt")
+        if sampling.calls_tools:
+            raise InvalidRequestError(
+                "a text completion cannot call tools; use chat completions", param="tools"
+            )
+        async with aclosing(self._serve(self._text, prompt, sampling)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    def count_prompt_tokens(self, messages: Sequence[Message], sampling: Sampling) -> int | None:
+        """The prompt's exact tokens (template, tool descriptions), or None before the weights
+        are loaded or for a request the model will refuse. Runs on the caller's thread while the
+        worker may be decoding: rendering reads the compiled template and tokenizing reads the
+        vocabulary only (llama.cpp's server tokenizes on its HTTP threads the same way)."""
+        prompt, decoder = self._prompt, self._decoder
+        if prompt is None or decoder is None:
+            return None
+        try:
+            return len(decoder.tokenize(prompt.render(messages, sampling), special=True))
+        except LLMForgeError:
+            return None
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    async def _serve(self, job: Callable[..., None], *args: Any) -> AsyncGenerator[Delta, None]:
+        """Run `job(*args, push, cancel)` on the worker thread and yield what it pushes."""
         if self._inflight >= self._max_inflight:
             raise OverloadedError(
                 f"model '{self.name}' is busy: {self._inflight} requests in flight or queued "
@@ -79,8 +157,8 @@ class LlamaCppChatModel:
         def push(item: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = loop.run_in_executor(self._executor, self._generate, messages, sampling, push, cancel)
-        job.add_done_callback(_consume_exception)
+        work = loop.run_in_executor(self._executor, self._work, job, args, push, cancel)
+        work.add_done_callback(_consume_exception)
         try:
             while (item := await queue.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -90,16 +168,27 @@ class LlamaCppChatModel:
             cancel.set()
             self._inflight -= 1
 
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
     # -- worker thread --------------------------------------------------------------------------
 
-    def _ensure_loaded(self) -> Any:
-        if self._llm is not None:
-            return self._llm
+    def _work(
+        self, job: Callable[..., None], args: tuple[Any, ...], push: Push, cancel: threading.Event
+    ) -> None:
+        try:
+            if not cancel.is_set():  # a call cancelled while queued never starts
+                job(*args, push, cancel)
+        except Exception as e:  # handed to the awaiting coroutine, never lost in this thread
+            push(
+                e
+                if isinstance(e, LLMForgeError)
+                else ModelError(f"model '{self.name}' failed: {e!r}")
+            )
+        finally:
+            push(_END)
+
+    def _ensure_loaded(self) -> tuple[ChatPrompt, Decoder]:
+        if self._prompt is not None and self._decoder is not None:
+            return self._prompt, self._decoder
         from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         path: Path = self._path
         try:
@@ -119,119 +208,193 @@ class LlamaCppChatModel:
                 "set `chat_template` in llmforge.yaml"
             )
         eos, bos = llm.token_eos(), llm.token_bos()
-        self._format = Jinja2ChatFormatter(
-            template=template,
-            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
-        )
-        self._llm = llm
-        return llm
-
-    def _generate(
-        self,
-        messages: Sequence[Message],
-        sampling: Sampling,
-        push: Callable[[Any], None],
-        cancel: threading.Event,
-    ) -> None:
         try:
-            if not cancel.is_set():
-                self._run(messages, sampling, push, cancel)
-        except Exception as e:  # handed to the awaiting coroutine, never lost in this thread
-            push(
-                e
-                if isinstance(e, LLMForgeError)
-                else ModelError(f"model '{self.name}' failed: {e!r}")
+            prompt = ChatPrompt(
+                template,
+                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
             )
-        finally:
-            push(_END)
+        except ConfigError as e:
+            raise ConfigError(f"model '{self.name}': {e.message}") from None
+        self._llm = llm
+        self._prompt = prompt
+        self._decoder = Decoder(llm)
+        return prompt, self._decoder
 
-    def _run(
+    def _chat(
         self,
         messages: Sequence[Message],
         sampling: Sampling,
-        push: Callable[[Any], None],
+        envelope: dict[str, Any] | None,
+        push: Push,
         cancel: threading.Event,
     ) -> None:
-        from llama_cpp import StoppingCriteriaList
+        prompt, decoder = self._ensure_loaded()
+        # the template writes its own BOS, so none is added (llama-cpp-python does the same)
+        tokens = decoder.tokenize(prompt.render(messages, sampling), special=True)
+        self._check_room(decoder, tokens, "messages")
+        if envelope is not None:  # user stop sequences apply to the text of a `response` only
+            grammar = self._grammar(envelope, param="tools")
+            self._decode(decoder, tokens, sampling, grammar, True, sampling.stop, push, cancel)
+            return
+        schema = sampling.json_schema
+        plain = self._grammar(schema, param="response_format") if schema else None
+        stops = (*sampling.stop, *prompt.stop)
+        self._decode(decoder, tokens, sampling, plain, False, stops, push, cancel)
 
-        llm = self._ensure_loaded()
-        assert self._format is not None
-        # Re-using the previous call's KV cache changes the numerics, so the same request could
-        # answer differently the second time: start clean for reproducible (greedy) output.
-        llm.reset()
-        prompt = self._format(messages=[m.compact() for m in messages])
-        tokens = llm.tokenize(
-            prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True
-        )
-        room = self._n_ctx - len(tokens)
-        if room <= 0:
+    def _text(self, text: str, sampling: Sampling, push: Push, cancel: threading.Event) -> None:
+        _, decoder = self._ensure_loaded()
+        tokens = decoder.tokenize(text, special=True, add_bos=decoder.add_bos)
+        self._check_room(decoder, tokens, "prompt")
+        schema = sampling.json_schema
+        grammar = self._grammar(schema, param="response_format") if schema else None
+        self._decode(decoder, tokens, sampling, grammar, False, sampling.stop, push, cancel)
+
+    def _check_room(self, decoder: Decoder, tokens: list[int], param: str) -> None:
+        if len(tokens) >= decoder.n_ctx:
             raise ContextWindowExceededError(
                 f"The prompt is {len(tokens)} tokens; model '{self.name}' has a context of "
-                f"{self._n_ctx}. Shorten the conversation or raise `context_length`.",
-                param="messages",
+                f"{decoder.n_ctx}. Shorten the {param} or raise `context_length`.",
+                param=param,
             )
-        template_stop = [prompt.stop] if isinstance(prompt.stop, str) else list(prompt.stop or [])
-        calls = 0  # llama.cpp asks once per sampled token, then once after its loop
 
-        def step(_ids: Any, _logits: Any) -> bool:
-            nonlocal calls
-            calls += 1
-            return cancel.is_set()
-
-        options: dict[str, Any] = sampling.model_dump(
-            exclude_none=True,
-            include={"temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"},
-        )
-        if sampling.json_schema is not None:  # the sampler may only pick tokens the schema allows
-            options["grammar"] = self._grammar(sampling.json_schema)
-        stops = StopMatcher(sampling.stop)
-        finish: FinishReason = "length"
-        completion = 0
-        chunks = llm.create_completion(
-            tokens,
-            max_tokens=min(sampling.max_tokens or room, room),
-            stop=template_stop,
-            stream=True,
-            stopping_criteria=StoppingCriteriaList([step]),
-            **options,
-        )
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            text, hit = stops.feed(choice["text"])
-            if text:
-                push(Delta(text=text))
-            if hit or cancel.is_set():
-                finish, completion = ("stop" if hit else "cancelled"), calls
-                chunks.close()
+    def _decode(
+        self,
+        decoder: Decoder,
+        tokens: list[int],
+        sampling: Sampling,
+        grammar: str | None,
+        envelope: bool,
+        stops: Sequence[str],
+        push: Push,
+        cancel: threading.Event,
+    ) -> None:
+        """Answer the prompt `tokens` `sampling.n` times, pushing Deltas (choice by choice, each
+        ending with its finish reason; the last one carries the usage of the whole call)."""
+        room = decoder.n_ctx - len(tokens)
+        max_tokens = min(sampling.max_tokens or room, room)
+        decoder.evaluate(tokens)
+        generated = 0
+        for choice in range(sampling.n):
+            answer = decoder.answer(
+                sampling,
+                seed=seed_for(sampling, choice),
+                grammar=grammar,
+                max_tokens=max_tokens,
+                cancel=cancel,
+            )
+            shaper = _ChoiceShaper(choice, envelope, stops)
+            steps = answer.steps()
+            try:
+                for step in steps:
+                    for delta in shaper.step(step):
+                        push(delta)
+                    if shaper.stopped:
+                        break
+            finally:
+                steps.close()
+            generated += answer.tokens
+            last = choice == sampling.n - 1 or cancel.is_set()
+            usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated)
+            push(shaper.end(answer, usage if last else None))
+            if last:
                 break
-            if choice["finish_reason"]:
-                finish = "length" if choice["finish_reason"] == "length" else "stop"
-                # the end-of-generation token is sampled but not part of the answer
-                completion = max(calls - 1 - (finish == "stop"), 0)
-        else:
-            if rest := stops.flush():
-                push(Delta(text=rest))
-        push(
-            Delta(
-                finish_reason=finish,
-                usage=Usage(prompt_tokens=len(tokens), completion_tokens=completion),
-            )
-        )
 
-    def _grammar(self, schema: dict[str, Any]) -> Any:
+    def _grammar(self, schema: dict[str, Any], *, param: str) -> str:
+        """The GBNF grammar of a JSON schema (property order kept: it is the order generated)."""
+        key = json.dumps(schema)
+        cached = self._grammars.get(key)
+        if cached is not None:
+            self._grammars.move_to_end(key)
+            return cached
         from llama_cpp import LlamaGrammar
 
-        key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            try:
-                self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
-            except Exception as e:  # llama.cpp's converter raises plain exceptions
-                raise InvalidRequestError(
-                    f"json_schema cannot be turned into a grammar: {e}; use plain JSON Schema",
-                    param="json_schema",
-                ) from None
-        return self._grammars[key]
+        try:
+            grammar = str(LlamaGrammar.from_json_schema(key, verbose=False)._grammar)
+        except Exception as e:  # llama-cpp-python's converter raises plain exceptions
+            raise InvalidRequestError(
+                f"the JSON schema cannot be turned into a grammar: {e}; use plain JSON Schema "
+                "(types, properties, required, enum, const, arrays, anyOf, $ref)",
+                param=param,
+            ) from None
+        self._grammars[key] = grammar
+        if len(self._grammars) > GRAMMAR_CACHE:
+            self._grammars.popitem(last=False)
+        return grammar
+
+
+class _ChoiceShaper:
+    """Turns one answer's steps into Deltas: plain text cut at stop sequences, or an envelope read
+    into response text and tool-call pieces; each step's log probability rides on its first Delta
+    (on an empty one when the token showed nothing: envelope syntax, or text held back)."""
+
+    def __init__(self, choice: int, envelope: bool, stops: Sequence[str]) -> None:
+        self.choice = choice
+        self.reader = EnvelopeReader(_call_id) if envelope else None
+        self.stops = StopMatcher(stops)
+        self.stopped = False
+
+    def step(self, step: Step) -> list[Delta]:
+        deltas = self._pieces(step.text)
+        if step.logprob is not None:
+            if deltas:
+                deltas[0].logprobs = [step.logprob]
+            else:
+                deltas.append(self._delta(logprobs=[step.logprob]))
+        return deltas
+
+    def end(self, answer: Answer, usage: Usage | None) -> Delta:
+        deltas = self._pieces(answer.tail) if answer.tail and not self.stopped else []
+        if not self.stopped and (rest := self.stops.flush()):
+            deltas.append(self._delta(text=rest))
+        finish: FinishReason
+        if self.stopped:
+            finish = "stop"
+        elif answer.finish == "stop" and self.reader is not None and self.reader.calls:
+            finish = "tool_calls"
+        else:
+            finish = answer.finish
+        text = "".join(d.text for d in deltas)
+        calls = tuple(c for d in deltas for c in d.tool_calls)
+        return self._delta(text=text, tool_calls=calls, finish_reason=finish, usage=usage)
+
+    def _pieces(self, text: str) -> list[Delta]:
+        pieces = self.reader.feed(text) if self.reader is not None else [text]
+        deltas: list[Delta] = []
+        held = ""
+        for piece in pieces:
+            if isinstance(piece, str):
+                out, hit = self.stops.feed(piece)
+                held += out
+                if hit:
+                    self.stopped = True
+                    break
+                continue
+            if held:
+                deltas.append(self._delta(text=held))
+                held = ""
+            deltas.append(self._delta(tool_calls=(piece,)))
+        if held:
+            deltas.append(self._delta(text=held))
+        return deltas
+
+    def _delta(
+        self,
+        *,
+        text: str = "",
+        tool_calls: tuple[ToolCallDelta, ...] = (),
+        logprobs: list[TokenLogprob] | None = None,
+        finish_reason: FinishReason | None = None,
+        usage: Usage | None = None,
+    ) -> Delta:
+        return Delta(
+            text=text,
+            tool_calls=tool_calls,
+            logprobs=logprobs,
+            finish_reason=finish_reason,
+            usage=usage,
+            choice=self.choice,
+        )
 
 
 class StopMatcher:
@@ -266,6 +429,10 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
