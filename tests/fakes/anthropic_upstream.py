@@ -23,7 +23,8 @@ Scripted two ways:
   `tool_choice` `any` or `tool` makes it call a tool, as Anthropic does (a forced call's input is
   the last user text when that is a JSON object, else an example valid for the schema).
 - per instance: `respond(*replies)` answers the next requests with the `Reply`s given
-  (`tests/fakes/reply.py`: text and tool calls), whole or streamed.
+  (`tests/fakes/reply.py`: text and tool calls), whole or streamed; `respond_raw(*answers)` with
+  exact bodies (odd or malformed answers).
 
 Usage counts words: input is every word of `system` and of the messages' text blocks; output the
 answer's words and the pieces of its tool inputs. Every request body and its headers are kept in
@@ -94,6 +95,7 @@ class FakeAnthropic:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._replies: deque[Reply] = deque()
+        self._raw: deque[Any] = deque()
         self.app = Starlette(
             routes=[
                 Route("/health", self.health),
@@ -104,6 +106,11 @@ class FakeAnthropic:
     def respond(self, *replies: Reply) -> None:
         """Answer the next requests with `replies`, one each, before deciding by model again."""
         self._replies.extend(replies)
+
+    def respond_raw(self, *answers: Any) -> None:
+        """Answer the next requests with these exact bodies: a dict as JSON, a list as SSE (each
+        item an event: its `type` names it). For odd or malformed answers."""
+        self._raw.extend(answers)
 
     async def health(self, _request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -130,6 +137,8 @@ class FakeAnthropic:
         if model == "garbage":
             return Response(b"{not json", media_type="application/json")
 
+        if self._raw:
+            return _raw_response(self._raw.popleft())
         reply = self._replies.popleft() if self._replies else _decide(body)
         text = reply.text
         stop_reason, stop_sequence = "tool_use" if reply.calls else "end_turn", None
@@ -188,6 +197,7 @@ class FakeAnthropic:
         }
         yield event("message_start", {"message": start})
         for i, block in enumerate(message["content"]):
+            opening: dict[str, Any]
             if block["type"] == "text":
                 opening = {"type": "text", "text": ""}
             else:
@@ -239,6 +249,13 @@ class FakeAnthropic:
         if not isinstance(messages, list) or not messages:
             return "messages: at least one message is required"
         return _check_tools(body) or _check_turns(messages)
+
+
+def _raw_response(answer: Any) -> Response:
+    if not isinstance(answer, list):
+        return JSONResponse(answer)
+    events = "".join(f"event: {e.get('type')}\ndata: {json.dumps(e)}\n\n" for e in answer)
+    return Response(events, media_type="text/event-stream")
 
 
 def _decide(body: dict[str, Any]) -> Reply:

@@ -23,7 +23,8 @@ Three ways to script it, so one server covers every case:
   `garbage` sends invalid JSON. Whatever the model, `tool_choice` `required` or a named function
   makes it call a tool, as OpenAI does.
 - per instance, with `Reply`s (`tests/fakes/reply.py`): `respond(*replies)` answers the next chat
-  requests with the text and tool calls given, whole or streamed.
+  requests with the text and tool calls given, whole or streamed; `respond_raw(*answers)` sends
+  exact bodies (a vendor's odd or malformed answers).
 - per instance, with `Fault`s: `script(*faults)` applies one fault to each of the next requests,
   `always` to every request after those (see `Fault` for what a fault can do: an error status with
   `Retry-After`, latency, a hang, slowly dripped tokens, an error event or a dropped connection
@@ -79,6 +80,7 @@ class FakeOpenAI:
         self.always: Fault | None = None
         self._script: deque[Fault] = deque()
         self._replies: deque[Reply] = deque()
+        self._raw: deque[Any] = deque()
         self.active = 0
         self.peak = 0
         self.abandoned = 0
@@ -103,6 +105,12 @@ class FakeOpenAI:
         gets the same reply), before deciding by model name again."""
         self._replies.extend(replies)
 
+    def respond_raw(self, *answers: Any) -> None:
+        """Answer the next requests (any route) with these exact bodies, one each: a dict is sent
+        as JSON, a list as SSE (each item a `data:` event, a dict as JSON, then `[DONE]`). For
+        vendors' odd or malformed answers."""
+        self._raw.extend(answers)
+
     def fail_next(self, n: int, status: int, retry_after: str | None = None) -> None:
         self.script(*[Fault(status=status, retry_after=retry_after)] * n)
 
@@ -111,6 +119,7 @@ class FakeOpenAI:
         self.headers.clear()
         self._script.clear()
         self._replies.clear()
+        self._raw.clear()
         self.always = None
         self.active = self.peak = self.abandoned = 0
 
@@ -158,6 +167,8 @@ class FakeOpenAI:
             await asyncio.sleep(3600)
         if model == "garbage":
             return body, fault, Response(b"{not json", media_type="application/json")
+        if self._raw:
+            return body, fault, raw_response(self._raw.popleft())
         return body, fault, None
 
     async def _wait(self, request: Request, seconds: float) -> bool:
@@ -445,7 +456,7 @@ class _Answer:
                 "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
-            head = {"tool_calls": [first]}
+            head: dict[str, Any] = {"tool_calls": [first]}
             if n == 0 and not self.tokens:
                 head = {"role": "assistant", "content": None, **head, "refusal": None}
             out.append(step("head", head))
@@ -482,7 +493,7 @@ def _interleave(
     streams: list[list[tuple[str, dict[str, Any]]]],
 ) -> list[tuple[str, dict[str, Any]]]:
     """The choices' chunks taken in turn, one each, as OpenAI streams n > 1 choices."""
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for k in range(max(len(s) for s in streams)):
         out.extend(s[k] for s in streams if k < len(s))
     return out
@@ -516,6 +527,15 @@ def text_of(content: Any) -> str:
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return next((text_of(m.get("content")) for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def raw_response(answer: Any) -> Response:
+    """`answer` as it is: a list as SSE events, anything else as JSON."""
+    if not isinstance(answer, list):
+        return JSONResponse(answer)
+    events = [e if isinstance(e, str) else json.dumps(e) for e in answer]
+    body = "".join(f"data: {e}\n\n" for e in [*events, "[DONE]"])
+    return Response(body, media_type="text/event-stream")
 
 
 def invalid(message: str, param: str | None) -> JSONResponse:
