@@ -112,6 +112,12 @@ class FakeAnthropic:
         item an event: its `type` names it). For odd or malformed answers."""
         self._raw.extend(answers)
 
+    def reset(self) -> None:
+        self.requests.clear()
+        self.headers.clear()
+        self._replies.clear()
+        self._raw.clear()
+
     async def health(self, _request: Request) -> Response:
         return JSONResponse({"ok": True})
 
