@@ -9,12 +9,25 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install lint typecheck bench browser redis clean
 
+# llama-cpp-python is built from source once, for a portable x86-64 (AVX2) target rather than
+# -march=native, and the wheel kept outside the repo: a native build on a CPU with AMX crashes in
+# ggml's AMX kernels (docs/decisions.md), and pip's own wheel cache would hand back that build.
+LLAMA_CPP_VERSION := 0.3.36
+WHEELHOUSE ?= $(HOME)/.cache/llmforge/wheels
+LLAMA_WHEELS := $(WHEELHOUSE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-portable
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# torch first and pinned: 2.13.0 is a CPU build on local disk (pip's find-links); an unpinned
 	@# torch from PyPI would be a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	@ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || { mkdir -p $(LLAMA_WHEELS) && \
+		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) (about 10 minutes, once)" && \
+		CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
+			llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(LLAMA_WHEELS); }
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 

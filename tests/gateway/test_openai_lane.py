@@ -205,7 +205,8 @@ CHAT_FIELDS = [
     ({"model": "remote", "messages": HELLO, "seed": 1.5}, "seed"),
     ({"model": "remote", "messages": HELLO, "stop": 7}, "stop"),
     ({"model": "remote", "messages": HELLO, "stop": ["x"] * 17}, "stop"),
-    ({"model": "remote", "messages": HELLO, "n": 2}, "n"),
+    ({"model": "remote", "messages": HELLO, "n": 17}, "n"),
+    ({"model": "remote", "messages": HELLO, "logit_bias": {"50256": -100}}, "logit_bias"),
     (
         {
             "model": "remote",

@@ -14,7 +14,7 @@ import pytest
 
 from llmforge.core.errors import ConfigError
 from llmforge.core.settings import Settings, load_settings
-from llmforge.gateway.app import create_app
+from llmforge.gateway import create_app
 from llmforge.kb import KnowledgeBase, KnowledgeBases
 from llmforge.kb.rag import NO_ANSWER, NO_ANSWER_CJK, _attribute, _MarkerFilter, _queries
 from llmforge.models import ModelCatalog

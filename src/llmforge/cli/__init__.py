@@ -18,7 +18,6 @@ from llmforge.core.errors import LLMForgeError
 from llmforge.evals.cli import app as evals_app
 from llmforge.gateway.cli import chat
 from llmforge.gateway.keys_cli import app as keys_app
-from llmforge.gateway.mcp import mcp_command
 from llmforge.kb.cli import app as kb_app
 from llmforge.models.cli import app as models_app
 from llmforge.traces.cli import app as traces_app
@@ -34,7 +33,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(traces_app, name="traces")
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
-kb_app.command("mcp")(mcp_command)  # in gateway: kb may not import it
 app.add_typer(evals_app, name="eval")
 app.command()(chat)
 

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(
         None, description="enables API keys; usually set as LLMFORGE_MASTER_KEY, not in the file"
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="bearer token that may read /metrics (besides the master key); with a master "
+        "key or this token set, /metrics is closed to everyone else",
+    )
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     embeddings: list[EmbeddingConfig] = Field(default_factory=lambda: list(DEFAULT_EMBEDDINGS))
     kb: KBConfig = Field(default_factory=KBConfig)

@@ -1,7 +1,8 @@
-"""The gateway: an OpenAI-compatible HTTP API (FastAPI) over the model catalog, with every call
-traced."""
+"""The gateway: the OpenAI-, Anthropic- and Responses-compatible HTTP API over the model catalog,
+and the request path every call takes (admission, cache, router, settlement, traces, metrics)."""
 
-from llmforge.gateway.app import AppContext, Extension, create_app
+from llmforge.gateway.app import Extension, create_app
+from llmforge.gateway.context import AppContext
 from llmforge.gateway.service import Gateway
 
 __all__ = ["AppContext", "Extension", "Gateway", "create_app"]

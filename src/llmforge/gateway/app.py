@@ -1,10 +1,11 @@
-"""The gateway's ASGI application: `create_app(settings)` and the FastAPI routes and error
-handlers around the two hot OpenAI routes (openai_routes.py).
+"""The gateway's ASGI application: `create_app(settings)`.
 
 `create_app` builds everything from the settings object (no globals, nothing done at import):
-database engine and migrations, model catalog, trace recorder, router, admission, cache, metrics.
-Routes convert wire <-> core types and nothing else. Every error leaves as an OpenAI-style JSON
-body (Anthropic's on `/v1/messages`; see responses.py); a client's mistake is a 4xx, never a 500.
+database engine and migrations, model catalog, trace recorder, router, admission, cache, metrics,
+the `AppContext` routes share (context.py), the lane (the model-running routes as plain ASGI,
+lane.py) and the FastAPI app with every other route (`routes/`: one module per API), the error
+handlers and the middlewares. Every error leaves as a JSON body in the shape of the API spoken
+(replies.py); a client's mistake is a 4xx, never a 500.
 """
 
 from __future__ import annotations
@@ -12,81 +13,106 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.telemetry import TelemetryConfig
-from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmforge import __version__
 from llmforge.core.db import open_engine
 from llmforge.core.errors import LLMForgeError
 from llmforge.core.settings import Settings
-from llmforge.gateway.admin import add_admin_routes
 from llmforge.gateway.admission import KeyAdmission
-from llmforge.gateway.anthropic_routes import add_anthropic_routes
 from llmforge.gateway.body_limit import BodyLimitMiddleware
 from llmforge.gateway.cache import build_cache
-from llmforge.gateway.call import Caller
-from llmforge.gateway.evals_routes import add_eval_routes
-from llmforge.gateway.kb_routes import add_kb_routes
+from llmforge.gateway.context import AppContext, StrictJsonRoute
 from llmforge.gateway.keys import KeyStore
+from llmforge.gateway.lane import Lane, LaneRoute, openapi_paths
 from llmforge.gateway.metrics import GatewayMetrics, InFlightMiddleware
-from llmforge.gateway.openai_routes import OpenAIRoutes
-from llmforge.gateway.responses import (
+from llmforge.gateway.replies import (
     error_response,
     forge_error_response,
-    json_response,
     validation_error_response,
 )
 from llmforge.gateway.router import Router
+from llmforge.gateway.routes import admin, anthropic, evals, kb, openai, ops
 from llmforge.gateway.service import Gateway
-from llmforge.gateway.wire import models_body
+from llmforge.gateway.wire.openai import ErrorBody
 from llmforge.models import ModelCatalog
 from llmforge.traces import TraceRecorder, TraceStore
 
 log = logging.getLogger(__name__)
 
-
-async def no_auth(_request: Request) -> Caller | None:
-    return None
-
-
-@dataclass
-class AppContext:
-    """What routes and extensions share; reachable as `app.state.ctx`."""
-
-    settings: Settings
-    engine: Engine
-    catalog: ModelCatalog
-    traces: TraceStore
-    recorder: TraceRecorder
-    gateway: Gateway
-    authenticate: Callable[[Request], Awaitable[Caller | None]] = no_auth
-    metrics: GatewayMetrics | None = None  # extensions may add families to metrics.registry
-
-
 Extension = Callable[[FastAPI, AppContext], None]
+LANE: Sequence[LaneRoute] = [*openai.LANE, *anthropic.LANE]
+ROUTERS = [ops.router, openai.router, admin.router, kb.router, evals.router]
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the OpenAI routes (`openai`, for `openai_paths`) served before its
-    middleware stack."""
+    """FastAPI, with the lane's routes served before its middleware stack."""
 
-    openai: ASGIApp | None = None
-    openai_paths: frozenset[str] = frozenset()
+    lane: ASGIApp | None = None
+    lane_paths: frozenset[str] = frozenset()
+    lane_routes: Sequence[LaneRoute] = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.openai_paths and self.openai:
-            await self.openai(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in self.lane_paths and self.lane:
+            await self.lane(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema plus the lane's routes; validation errors documented as our 400."""
+        if self.openapi_schema:
+            return self.openapi_schema
+        schema = get_openapi(title=self.title, version=self.version, routes=self.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+        error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error_schema.pop("$defs", {}))
+        components["ErrorBody"] = error_schema
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                _document_errors(operation.setdefault("responses", {}), error_ref)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        lane_paths, lane_schemas = openapi_paths(self.lane_routes)
+        schema["paths"].update(lane_paths)
+        components.update(lane_schemas)
+        self.openapi_schema = schema
+        return schema
+
+
+# Statuses any FastAPI route may answer besides its own: a bad body or parameter (400), keys on
+# (401, 403), an unknown name (404), a wrong method (405), a body over the limit (413), rate limits
+# (429), and a server fault (500).
+COMMON_ERRORS = {
+    "400": "Invalid request.",
+    "401": "Missing or unknown API key (when keys are on).",
+    "403": "The key may not do this.",
+    "404": "Not found.",
+    "405": "Method not allowed.",
+    "413": "Request body over `server.max_body_bytes`.",
+    "429": "Rate limited.",
+    "500": "A server fault; see the server log.",
+    "503": "Overloaded or a store unavailable; retry after `Retry-After`.",
+}
+
+
+def _document_errors(responses: dict[str, Any], error_ref: dict[str, Any]) -> None:
+    responses.pop("422", None)
+    for status, text in COMMON_ERRORS.items():
+        responses.setdefault(
+            status, {"description": text, "content": {"application/json": {"schema": error_ref}}}
+        )
 
 
 def create_app(
@@ -111,8 +137,7 @@ def create_app(
         cache=cache,
         observers=[metrics],
     )
-    ctx = AppContext(settings, engine, catalog, store, recorder, gateway, metrics=metrics)
-    ctx.authenticate = admission.authenticate
+    ctx = AppContext(settings, engine, catalog, store, recorder, gateway, admission, metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -136,6 +161,7 @@ def create_app(
             if cache is not None:
                 await cache.aclose()
             await recorder.stop()
+            await ctx.aclose()
             await catalog.aclose()
             engine.dispose()
 
@@ -143,20 +169,19 @@ def create_app(
     # call already, and checking for OTel providers on each request is measurable at 500 req/s.
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
     app = GatewayApp(title="LLMForge", version=__version__, lifespan=lifespan, telemetry=no_otel)
+    app.router.route_class = StrictJsonRoute  # every route added from here on, extensions' too
     app.state.ctx = ctx
-    openai = OpenAIRoutes(gateway, admission.authenticate)
-    app.openai_paths = frozenset(openai.routes)
+    lane = Lane(ctx, LANE)
+    app.lane_paths, app.lane_routes = lane.paths, LANE
     # the same two guards as the FastAPI routes get below
-    app.openai = InFlightMiddleware(
-        BodyLimitMiddleware(openai, max_bytes=settings.server.max_body_bytes),
+    app.lane = InFlightMiddleware(
+        BodyLimitMiddleware(lane, max_bytes=settings.server.max_body_bytes),
         gauge=metrics.in_flight,
     )
     _install_error_handlers(app)
-    _add_routes(app, ctx)
-    add_anthropic_routes(app, ctx)
-    add_admin_routes(app, admission, [m.name for m in catalog.infos()])
-    add_kb_routes(app, ctx)
-    add_eval_routes(app, ctx)
+    for api in ROUTERS:
+        app.include_router(api)
+    kb.mount_mcp(app, ctx)
     for extend in extensions:
         extend(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
@@ -170,25 +195,22 @@ def _report_preload(task: asyncio.Task[None]) -> None:
         log.error("loading models failed: %s", message)
 
 
-def _add_routes(app: FastAPI, ctx: AppContext) -> None:
-    @app.get("/health")
-    async def health() -> Response:
-        return json_response({"status": "ok", "version": __version__})
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        assert ctx.metrics is not None
-        return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        caller = await ctx.authenticate(request)
-        scope = caller.models if caller is not None else None  # a key sees the models it may use
-        infos = [m for m in ctx.catalog.infos() if scope is None or m.name in scope]
-        return json_response(models_body([(m.name, m.kind, m.provider) for m in infos]))
+def allowed_methods(app: GatewayApp, scope: Scope) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    matching route's)."""
+    if scope.get("path") in app.lane_paths:
+        return ["POST"]
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "__none__"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: GatewayApp) -> None:
     @app.exception_handler(LLMForgeError)
     async def forge_error(request: Request, e: LLMForgeError) -> Response:
         return forge_error_response(request.url.path, e)
@@ -202,9 +224,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         detail = e.detail if isinstance(e.detail, str) else "HTTP error"
         kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        return error_response(
-            request.url.path, e.status_code, detail, kind, None, code, dict(e.headers or {})
-        )
+        headers = dict(e.headers or {})
+        if e.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        return error_response(request.url.path, e.status_code, detail, kind, None, code, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmforge.core.errors import RequestTooLargeError
-from llmforge.gateway.responses import forge_error_response
+from llmforge.gateway.replies import forge_error_response
 
 
 class BodyLimitMiddleware:

@@ -1,19 +1,21 @@
 """The response cache: answers to conversations already asked, served without calling a model.
 
 Exact cache: the key is the sha256 of canonical JSON of (model, every message, sampling), so a
-different earlier turn, system prompt or temperature is a different entry; asking the same thing
-in another conversation never hits. Semantic cache (optional, `cache.semantic`): a canonical
-rendering of the whole conversation (newest message first, so an embedder's truncation drops the
-oldest context, not the question) is embedded and compared by cosine similarity with entries of the
-same model, sampling, conversation shape (the roles in order) and API key; the best one at or
-above `threshold` is a hit. Exact hits are shared between keys (the same input asked by anyone);
-semantic hits are not, since a near match may differ in one caller's private details.
+different earlier turn, system prompt, temperature, tool list, tool result or response format is a
+different entry; asking the same thing in another conversation never hits. Legacy text completions
+are cached exactly too (under keys of their own), never semantically. Semantic cache (optional,
+`cache.semantic`): a canonical rendering of the whole conversation (newest message first, so an
+embedder's truncation drops the oldest context, not the question) is embedded and compared by cosine
+similarity with entries of the same model, sampling, conversation shape (the roles in order) and API
+key; the best one at or above `threshold` is a hit. Exact hits are shared between keys (the same
+input asked by anyone); semantic hits are not, since a near match may differ in one caller's private
+details.
 
-What is cached: every finished answer (`stop` or `length`) of a call that did not bypass the cache
-(`x-llmforge-cache: no`), whatever its temperature. The sampling parameters (temperature, seed, ...)
-are part of the key, and clients that want a fresh sample at temperature > 0 send the bypass header
-(LiteLLM and most gateways behave the same). Errors and cancelled or cut-off streams are never
-stored. Entries live `ttl_s` seconds.
+What is cached: every finished answer (`stop`, `length` or `tool_calls`) of a call that did not
+bypass the cache (`x-llmforge-cache: no`), whatever its temperature. The sampling parameters
+(temperature, seed, ...) are part of the key, and clients that want a fresh sample at temperature >
+0 send the bypass header (LiteLLM and most gateways behave the same). Errors and cancelled or cut-
+off streams are never stored. Entries live `ttl_s` seconds.
 
 Backends (`CacheBackend`): in-process LRU (`memory`, bounded by `max_entries`), a table in the
 gateway's database (`sqlite`, or whatever `database` points at: survives restarts, shared by
@@ -22,9 +24,9 @@ gateway instance; Redis expires the entries). A failing backend or embedder is l
 is answered as a miss: the cache never fails a request.
 
 Deliberately not here: request coalescing (two identical calls in flight both reach the model),
-caching embeddings calls, and an approximate nearest-neighbour index (the semantic scan is a
-brute-force matrix product over at most `max_entries` newest entries of one namespace).
-Answers served from the cache cost nothing and count no tokens: the gateway does not account them.
+caching embeddings calls, and an approximate nearest-neighbour index (the semantic scan is a brute-
+force matrix product over at most `max_entries` newest entries of one namespace). Answers served
+from the cache cost nothing and count no tokens: the gateway does not account them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_VERSION = 1  # bump when the key's canonical form changes: old entries then simply miss
-CACHEABLE_FINISHES = ("stop", "length")
+CACHEABLE_FINISHES = ("stop", "length", "tool_calls")
 
 
 class CachedAnswer(BaseModel):
@@ -96,14 +98,20 @@ def _sampling(sampling: Sampling) -> dict[str, Any]:
     return sampling.model_dump(mode="json")
 
 
-def exact_key(model: str, messages: Sequence[Message], sampling: Sampling) -> str:
-    """sha256 of canonical JSON of the model, every message (role, content, name) and sampling."""
-    body = {
+def exact_key(
+    model: str, messages: Sequence[Message], sampling: Sampling, kind: str = "chat"
+) -> str:
+    """sha256 of canonical JSON of the model, every message (role, content, name, tool calls and
+    results, images) and sampling (tools and response format included); a legacy text completion
+    (`kind` text) never shares a key with a chat."""
+    body: dict[str, Any] = {
         "v": KEY_VERSION,
         "model": model,
         "messages": [m.model_dump(mode="json") for m in messages],
         "sampling": _sampling(sampling),
     }
+    if kind != "chat":
+        body["kind"] = kind
     return hashlib.sha256(_canonical(body)).hexdigest()
 
 
@@ -155,10 +163,10 @@ class ResponseCache:
         self._max_vectors = 1024
 
     async def lookup(self, call: Call) -> Completion | None:
-        if call.kind != "chat":
+        if call.kind == "embedding":
             return None
         call.cache = "miss"
-        key = exact_key(call.model, call.messages, call.sampling)
+        key = exact_key(call.model, call.messages, call.sampling, call.kind)
         try:
             found = await self.backend.get(key)
         except Exception as e:
@@ -167,7 +175,7 @@ class ResponseCache:
         if found is not None:
             call.cache = "hit"
             return found
-        if self.embedder is None:
+        if self.embedder is None or call.kind != "chat":
             return None
         try:
             found = await self._similar(call)
@@ -181,7 +189,7 @@ class ResponseCache:
     async def store(self, call: Call, completion: Completion) -> None:
         vector = self._vectors.pop(call.id, None)
         if (
-            call.kind != "chat"
+            call.kind == "embedding"
             or call.status != "ok"
             or call.cache in ("hit", "semantic_hit")
             or completion.finish_reason not in CACHEABLE_FINISHES
@@ -189,11 +197,11 @@ class ResponseCache:
             return
         now = self._clock()
         try:
-            if self.embedder is not None and vector is None:
+            if self.embedder is not None and vector is None and call.kind == "chat":
                 vector = await self._embed(call.messages)
             await self.backend.put(
                 CachedAnswer(
-                    key=exact_key(call.model, call.messages, call.sampling),
+                    key=exact_key(call.model, call.messages, call.sampling, call.kind),
                     namespace=_namespace(call),
                     completion=completion,
                     vector=vector,

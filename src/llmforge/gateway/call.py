@@ -13,10 +13,11 @@ from typing import Literal
 
 from llmforge.core.config import Price
 from llmforge.core.db import sortable_id
-from llmforge.core.types import Message, Sampling, Usage
+from llmforge.core.types import Message, Sampling, ToolCall, Usage
 from llmforge.traces import Trace
 
 CacheState = Literal["off", "miss", "hit", "semantic_hit"]
+ID_PREFIXES = {"chat": "chatcmpl-", "text": "cmpl-", "embedding": "embd-"}
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,33 @@ class Caller:
     master: bool = False
 
 
+@dataclass(frozen=True)
+class TokenHold:
+    """Tokens taken from one key's per-minute window, to be corrected after the call."""
+
+    counter: str
+    tokens: int
+
+
+@dataclass
+class Reservation:
+    """What admission took for a call (`Call.reservation`), given back when it settles."""
+
+    key_id: str
+    budget_id: str | None = None  # the ledger's reservation, when the key has a budget
+    worst_nusd: int = 0
+    tokens: TokenHold | None = None
+
+
 @dataclass
 class Call:
     model: str
     messages: list[Message] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
     stream: bool = False
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: Literal["chat", "text", "embedding"] = "chat"
     inputs: list[str] = field(default_factory=list)  # embedding calls
+    prompt: str = ""  # text calls (legacy completions): the raw prompt
     caller: Caller | None = None
     use_cache: bool = True
     id: str = ""
@@ -56,15 +76,16 @@ class Call:
     upstream_s: float = 0.0
     ttft_s: float | None = None
     output: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
     status: Literal["ok", "error", "cancelled"] = "ok"
     error: str | None = None
     error_type: str | None = None
-    reservation: object | None = None  # the budget ledger's handle, settled after the call
+    reservation: Reservation | None = None  # what admission took, settled after the call
 
     def __post_init__(self) -> None:
         if not self.id:
-            self.id = ("chatcmpl-" if self.kind == "chat" else "embd-") + sortable_id()
+            self.id = ID_PREFIXES[self.kind] + sortable_id()
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
@@ -76,14 +97,13 @@ class Call:
     def to_trace(self) -> Trace:
         """The trace row. Built unvalidated: every field comes from this Call's typed fields, and
         this runs once per request on the event loop."""
-        request: dict[str, object] = (
-            {"input": self.inputs}
-            if self.kind == "embedding"
-            else {
-                "messages": [m.compact() for m in self.messages],
-                "sampling": self.sampling.model_dump(exclude_none=True, exclude_defaults=True),
-            }
-        )
+        sampling = self.sampling.model_dump(exclude_none=True, exclude_defaults=True)
+        requests: dict[str, dict[str, object]] = {
+            "chat": {"messages": [m.compact() for m in self.messages], "sampling": sampling},
+            "text": {"prompt": self.prompt, "sampling": sampling},
+            "embedding": {"input": self.inputs},
+        }
+        request = requests[self.kind]
         return Trace.model_construct(
             id=self.id,
             created_at=time.time(),

@@ -38,6 +38,7 @@ from llmforge.core.config import RouterConfig
 from llmforge.core.errors import (
     ConfigError,
     ContextWindowExceededError,
+    InvalidRequestError,
     LLMForgeError,
     ModelError,
     OverloadedError,
@@ -46,7 +47,7 @@ from llmforge.core.errors import (
 )
 from llmforge.core.types import Completion, Delta
 from llmforge.gateway.call import Call
-from llmforge.models import Deployment, ModelCatalog
+from llmforge.models import Deployment, ModelCatalog, TextModel, collect
 
 T = TypeVar("T")
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}  # 529: Anthropic "overloaded"
@@ -84,6 +85,8 @@ class Router:
 
     async def complete(self, call: Call) -> Completion:
         async def attempt(dep: Deployment) -> Completion:
+            if call.kind == "text":
+                return await collect(_text_stream(dep, call))
             return await dep.backend.complete(call.messages, call.sampling)
 
         dep, completion = await self._route(call, attempt)
@@ -92,7 +95,11 @@ class Router:
 
     async def stream(self, call: Call) -> AsyncGenerator[Delta, None]:
         async def attempt(dep: Deployment) -> tuple[AsyncGenerator[Delta, None], Delta]:
-            deltas = dep.backend.stream(call.messages, call.sampling)
+            deltas = (
+                _text_stream(dep, call)
+                if call.kind == "text"
+                else dep.backend.stream(call.messages, call.sampling)
+            )
             try:
                 return deltas, await anext(deltas)
             except BaseException:
@@ -271,6 +278,17 @@ class Router:
     def _backoff(self, attempt: int) -> float:
         base = self.config.backoff_s * (2**attempt)
         return min(base * random.uniform(0.8, 1.2), self.config.max_backoff_s)
+
+
+def _text_stream(dep: Deployment, call: Call) -> AsyncGenerator[Delta, None]:
+    """A legacy text completion on a backend that continues raw text (`TextModel`)."""
+    if not isinstance(dep.backend, TextModel):
+        raise InvalidRequestError(
+            f"Model '{dep.model}' does not do text completion; use /v1/chat/completions, or a "
+            "llamacpp or OpenAI-compatible model.",
+            param="model",
+        )
+    return dep.backend.stream_text(call.prompt, call.sampling)
 
 
 def _deployment_failure(e: LLMForgeError) -> bool:

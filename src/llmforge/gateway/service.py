@@ -18,11 +18,20 @@ from typing import Protocol
 
 from llmforge.core.config import RouterConfig
 from llmforge.core.errors import LLMForgeError
-from llmforge.core.types import Completion, Delta, Embeddings, Source, Usage
+from llmforge.core.types import (
+    Completion,
+    Delta,
+    Embeddings,
+    FinishReason,
+    ToolCallDelta,
+    Usage,
+)
 from llmforge.gateway.call import Call, cost_usd
 from llmforge.gateway.router import Router
-from llmforge.models import ModelCatalog
+from llmforge.models import CompletionBuilder, ModelCatalog
 from llmforge.traces import TraceRecorder
+
+CACHEABLE: tuple[FinishReason, ...] = ("stop", "length", "tool_calls")
 
 
 class Admission(Protocol):
@@ -71,7 +80,7 @@ class Gateway:
                 completion = await self.router.complete(call)
                 self._account(call, completion.usage)
                 await self._store(call, completion)
-            call.output, call.finish_reason = completion.text, completion.finish_reason
+            _answered(call, completion, completion.finish_reason)
             return completion
         except BaseException as e:
             _failed(call, e)
@@ -84,22 +93,18 @@ class Gateway:
         call; the call is settled and traced whichever way it ends."""
         self.catalog.config(call.model)
         await self._admit(call)
-        parts: list[str] = []
-        sources: tuple[Source, ...] = ()
+        answer = CompletionBuilder()
         cached: Completion | None = None
         try:
             cached = await self._lookup(call)
             deltas = replay(cached) if cached else self.router.stream(call)
             try:
                 async for delta in deltas:
-                    if call.ttft_s is None and delta.text:
+                    if call.ttft_s is None and (delta.text or delta.tool_calls):
                         call.ttft_s = call.elapsed_s()
-                    parts.append(delta.text)
+                    answer.add(delta)
                     if delta.usage and not cached:
                         self._account(call, delta.usage)
-                    if delta.finish_reason:
-                        call.finish_reason = delta.finish_reason
-                    sources = delta.sources or sources
                     yield delta
             finally:
                 await deltas.aclose()
@@ -109,18 +114,15 @@ class Gateway:
             _failed(call, e)
             raise
         finally:
-            call.output = "".join(parts)
+            complete = answer.result(call.sampling.logprobs)
+            _answered(call, complete, answer.finish_reason())
             if call.status == "ok" and call.finish_reason in (None, "cancelled"):
                 call.status = "cancelled"
-            answer = None
-            if cached is None and call.status == "ok" and call.finish_reason in ("stop", "length"):
-                answer = Completion(
-                    text=call.output,
-                    finish_reason=call.finish_reason,
-                    usage=call.usage,
-                    sources=sources,
-                )
-            self._finish_soon(call, answer)  # no awaiting here: a cancelled stream may not wait
+            finished = all(c.finish_reason in CACHEABLE for c in complete.choices())
+            if cached is None and call.status == "ok" and finished:
+                self._finish_soon(call, complete)
+            else:
+                self._finish_soon(call)  # no awaiting here: a cancelled stream may not wait
 
     async def embed(self, call: Call) -> Embeddings:
         backend = self.catalog.embedder(call.model)
@@ -196,6 +198,13 @@ class Gateway:
             self.recorder.record(call.to_trace())
 
 
+def _answered(call: Call, completion: Completion, finish: FinishReason | None) -> None:
+    """What the trace keeps of the answer: its text and tool calls (first choice), how it
+    ended."""
+    call.output, call.tool_calls = completion.text, completion.tool_calls
+    call.finish_reason = finish
+
+
 def _failed(call: Call, error: BaseException) -> None:
     if isinstance(error, LLMForgeError):
         call.status, call.error, call.error_type = "error", error.message, type(error).__name__
@@ -206,9 +215,25 @@ def _failed(call: Call, error: BaseException) -> None:
 
 
 async def replay(completion: Completion) -> AsyncGenerator[Delta, None]:
-    """A cached answer as a stream: word-sized pieces, then the finish."""
-    for piece in re.findall(r"\s*\S+\s*", completion.text) or [completion.text]:
-        yield Delta(text=piece)
-    yield Delta(
-        finish_reason=completion.finish_reason, usage=completion.usage, sources=completion.sources
-    )
+    """A cached answer as a stream: per choice, word-sized pieces of text, then each tool call
+    (id and name, then its arguments), then the finish; usage and sources on the last."""
+    choices = completion.choices()
+    for choice in choices:
+        for piece in re.findall(r"\s*\S+\s*", choice.text):
+            yield Delta(text=piece, choice=choice.index)
+        for i, call in enumerate(choice.tool_calls):
+            yield Delta(
+                tool_calls=(ToolCallDelta(index=i, id=call.id, name=call.name),),
+                choice=choice.index,
+            )
+            yield Delta(
+                tool_calls=(ToolCallDelta(index=i, arguments=call.arguments),),
+                choice=choice.index,
+            )
+        last = choice is choices[-1]
+        yield Delta(
+            finish_reason=choice.finish_reason,
+            choice=choice.index,
+            usage=completion.usage if last else None,
+            sources=completion.sources if last else (),
+        )

@@ -20,7 +20,9 @@ from llmforge.core.settings import Settings
 from llmforge.kb.knowledge_base import KnowledgeBases
 from llmforge.kb.types import IngestProgress, IngestReport, KBInfo, SearchFilters, SearchResult
 
-app = typer.Typer(help="Knowledge bases: ingest, search, list, delete.", no_args_is_help=True)
+app = typer.Typer(
+    help="Knowledge bases: ingest, search, list, delete, serve over MCP.", no_args_is_help=True
+)
 
 KBOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
 
@@ -210,3 +212,11 @@ async def _delete(settings: Settings, name: str) -> None:
         await kbs.delete(name)
     finally:
         await kbs.aclose()
+
+
+@app.command("mcp")
+def mcp_command(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Serve the knowledge bases to an MCP client over stdio (search, fetch, list)."""
+    from llmforge.kb.mcp import serve_stdio  # the MCP SDK only for this command
+
+    run(serve_stdio(settings_for(ctx, config)))

@@ -16,9 +16,9 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from llmforge.core.settings import Settings
-from llmforge.gateway.app import AppContext, create_app
+from llmforge.gateway import AppContext, create_app
 from llmforge.models import ModelCatalog
-from llmforge.ui.conversations import ConversationStore, add_routes
+from llmforge.ui.conversations import router as conversations
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -32,7 +32,7 @@ CONTENT_SECURITY_POLICY = (
 
 def mount(app: FastAPI, ctx: AppContext) -> None:
     """Add the conversations API, the page at `/` and its assets at `/static/`."""
-    add_routes(app, ConversationStore(ctx.engine), ctx.authenticate)
+    app.include_router(conversations)
     index = STATIC_DIR / "index.html"
 
     @app.get("/", include_in_schema=False)

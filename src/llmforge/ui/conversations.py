@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection, Engine
 
 from llmforge.core.db import Migration, migrate
 from llmforge.core.errors import NotFoundError
-from llmforge.gateway.call import Caller
-from llmforge.gateway.responses import json_response
-
-Authenticate = Callable[..., Awaitable[Caller | None]]
+from llmforge.gateway.context import AppContext, Ctx, api_router, authenticate
+from llmforge.gateway.replies import json_response
 
 TITLE_MAX_CHARS = 60
 
@@ -257,41 +254,45 @@ def _not_found(conversation_id: str) -> NotFoundError:
 # -- the routes ------------------------------------------------------------------------------------
 
 
-def add_routes(app: FastAPI, store: ConversationStore, authenticate: Authenticate) -> None:
-    """`/api/conversations`: plain `def` routes, so blocking store calls run in the threadpool.
+def _store(ctx: AppContext) -> ConversationStore:
+    return ctx.shared("ui.conversations", lambda: ConversationStore(ctx.engine))
 
-    When API keys are on (a master key is set), every route needs a valid key."""
-    router = APIRouter(dependencies=[Depends(authenticate)])
 
-    @router.get("/api/conversations")
-    def list_conversations(limit: int = Query(100, ge=1, le=1000)) -> Response:
-        data = [c.model_dump() for c in store.list(limit)]
-        return json_response({"object": "list", "data": data})
+# plain `def` routes, so blocking store calls run in the threadpool; with keys on, every route
+# needs a valid key
+router = api_router(tags=["ui"], dependencies=[Depends(authenticate)])
 
-    @router.post("/api/conversations")
-    def create_conversation(body: ConversationCreate | None = None) -> Response:
-        created = store.create(body.title, body.model) if body else store.create()
-        return json_response(created.model_dump(), 201)
 
-    @router.get("/api/conversations/{conversation_id}")
-    def get_conversation(conversation_id: str) -> Response:
-        return json_response(store.get(conversation_id).model_dump())
+@router.get("/api/conversations")
+def list_conversations(ctx: Ctx, limit: int = Query(100, ge=1, le=1000)) -> Response:
+    data = [c.model_dump() for c in _store(ctx).list(limit)]
+    return json_response({"object": "list", "data": data})
 
-    @router.patch("/api/conversations/{conversation_id}")
-    def patch_conversation(conversation_id: str, body: ConversationPatch) -> Response:
-        return json_response(store.update(conversation_id, body).model_dump())
 
-    @router.delete("/api/conversations/{conversation_id}")
-    def delete_conversation(conversation_id: str) -> Response:
-        store.delete(conversation_id)
-        return json_response(
-            {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
-        )
+@router.post("/api/conversations", status_code=201)
+def create_conversation(ctx: Ctx, body: ConversationCreate | None = None) -> Response:
+    store = _store(ctx)
+    created = store.create(body.title, body.model) if body else store.create()
+    return json_response(created.model_dump(), 201)
 
-    @router.post("/api/conversations/{conversation_id}/messages")
-    def append_message(conversation_id: str, body: MessageCreate) -> Response:
-        return json_response(
-            store.append(conversation_id, body.role, body.content).model_dump(), 201
-        )
 
-    app.include_router(router)
+@router.get("/api/conversations/{conversation_id}")
+def get_conversation(ctx: Ctx, conversation_id: str) -> Response:
+    return json_response(_store(ctx).get(conversation_id).model_dump())
+
+
+@router.patch("/api/conversations/{conversation_id}")
+def patch_conversation(ctx: Ctx, conversation_id: str, body: ConversationPatch) -> Response:
+    return json_response(_store(ctx).update(conversation_id, body).model_dump())
+
+
+@router.delete("/api/conversations/{conversation_id}")
+def delete_conversation(ctx: Ctx, conversation_id: str) -> Response:
+    _store(ctx).delete(conversation_id)
+    return json_response({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+
+
+@router.post("/api/conversations/{conversation_id}/messages", status_code=201)
+def append_message(ctx: Ctx, conversation_id: str, body: MessageCreate) -> Response:
+    message = _store(ctx).append(conversation_id, body.role, body.content)
+    return json_response(message.model_dump(), 201)

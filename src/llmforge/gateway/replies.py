@@ -8,11 +8,11 @@ responses; it does not decide status codes (each `LLMForgeError` carries its own
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from llmforge.core.errors import (
     BudgetExceededError,
@@ -21,10 +21,10 @@ from llmforge.core.errors import (
     RateLimitError,
 )
 from llmforge.core.types import Delta
-from llmforge.gateway.anthropic_wire import anthropic_error_body, speaks_anthropic
 from llmforge.gateway.call import Call
 from llmforge.gateway.service import Gateway
-from llmforge.gateway.wire import error_body
+from llmforge.gateway.wire.anthropic import anthropic_error_body, speaks_anthropic
+from llmforge.gateway.wire.openai import error_body
 
 CACHE_HEADER = "x-llmforge-cache"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -34,6 +34,17 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
+
+
+def sse_data(body: Any) -> bytes:
+    """One unnamed SSE event (OpenAI's streams): `data: <json>` and a blank line."""
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def stream_response(events: AsyncIterable[bytes], call: Call) -> StreamingResponse:
+    """A call's SSE stream, with the call's headers."""
+    headers = {**call_headers(call), **STREAM_HEADERS}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 def wants_cache(headers: Mapping[str, str]) -> bool:

@@ -7,9 +7,10 @@ Tools (the official `mcp` SDK's `MCPServer`):
   file, title, headings and text; `kb` may be left out when there is one knowledge base;
 - `fetch(id)`: one chunk's full text and metadata (`id` as `search` gave it: `kb:chunk_id`).
 
-Two transports: stdio (`llmforge kb mcp`, one process per client, reading the knowledge bases
-directly) and streamable HTTP at `/mcp` on the gateway (`mount_mcp`: stateless, the same API keys
-as the rest of the API when a master key is set, the gateway's shared `KnowledgeBases`). Tool
+Two transports: stdio (`llmforge kb mcp`: `serve_stdio`, one process per client, reading the
+knowledge bases directly) and streamable HTTP at `/mcp` on the gateway (mounted by the gateway's
+knowledge-base routes: stateless, the same API keys as the rest of the API when a master key is
+set, the gateway's shared `KnowledgeBases`). Tool
 failures (unknown knowledge base, empty query) come back as tool errors whose text says how to fix
 them. This module does not ingest: MCP clients only read.
 """
@@ -17,32 +18,20 @@ them. This module does not ingest: MCP clients only read.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
-import typer
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from llmforge import __version__
-from llmforge.core.cli import ConfigOption, run, settings_for
 from llmforge.core.errors import InvalidRequestError, LLMForgeError, NotFoundError
 from llmforge.core.settings import Settings
-from llmforge.gateway.wire import error_body
-from llmforge.kb import KnowledgeBase, KnowledgeBases, shared_knowledge_bases
+from llmforge.kb.knowledge_base import KnowledgeBase, KnowledgeBases
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
-    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-    from llmforge.gateway.app import AppContext  # app.py imports kb_routes, which imports us
-
-PATH = "/mcp"
+MCP_PATH = "/mcp"  # where the gateway serves it
 MAX_K = 100  # an MCP client hands the hits to a model: more would flood its context
 INSTRUCTIONS = (
     "Search the user's knowledge bases (their notes, manuals and documents). Call `search` with a "
@@ -209,69 +198,7 @@ async def _fetch(kbs: KnowledgeBases, hit_id: str) -> FetchedChunk:
     raise NotFoundError(f"No chunk '{chunk_id}' in any knowledge base; pass an id from `search`.")
 
 
-# -- streamable HTTP on the gateway -------------------------------------------------------------
-
-
-class _Endpoint:
-    """The ASGI app behind `/mcp`: checks the API key, then hands the request to the session
-    manager of the running app (made anew by every lifespan: a manager runs only once)."""
-
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.manager: StreamableHTTPSessionManager | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.ctx.authenticate(Request(scope))
-        except LLMForgeError as e:
-            body = error_body(e.message, e.error_type, e.param, e.code)
-            response = Response(
-                orjson.dumps(body), status_code=e.http_status, media_type="application/json"
-            )
-            await response(scope, receive, send)
-            return
-        if self.manager is None:
-            response = Response(
-                orjson.dumps(error_body("The MCP server is not running.", "server_error")),
-                status_code=503,
-                media_type="application/json",
-            )
-            await response(scope, receive, send)
-            return
-        await self.manager.handle_request(scope, receive, send)
-
-
-def mount_mcp(app: FastAPI, ctx: AppContext) -> None:
-    """Serve the MCP server at `/mcp` (streamable HTTP, stateless) and run its session manager
-    inside the app's lifespan."""
-    endpoint = _Endpoint(ctx)
-    app.router.routes.append(Route(PATH, endpoint=endpoint, include_in_schema=False))
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            server = build_server(lambda: shared_knowledge_bases(ctx.catalog))
-            server.streamable_http_app(
-                streamable_http_path=PATH, stateless_http=True, host=ctx.settings.server.host
-            )
-            manager = server.session_manager
-            async with manager.run():
-                endpoint.manager = manager
-                try:
-                    yield state
-                finally:
-                    endpoint.manager = None
-
-    app.router.lifespan_context = lifespan
-
-
 # -- stdio: `llmforge kb mcp` -------------------------------------------------------------------
-
-
-def mcp_command(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """Serve the knowledge bases to an MCP client over stdio (search, fetch, list)."""
-    run(serve_stdio(settings_for(ctx, config)))
 
 
 async def serve_stdio(settings: Settings) -> None:
