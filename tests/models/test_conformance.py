@@ -13,7 +13,15 @@ from llmforge.core.config import EmbeddingConfig, ModelConfig
 from llmforge.core.settings import load_settings
 from llmforge.core.types import Message, Sampling
 from llmforge.kb import shared_knowledge_bases
-from llmforge.models import ChatModel, Embedder, ModelCatalog, chat_models, collect, embedders
+from llmforge.models import (
+    ChatModel,
+    Embedder,
+    ModelCatalog,
+    TextModel,
+    chat_models,
+    collect,
+    embedders,
+)
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import serve
@@ -143,6 +151,19 @@ async def test_chat_stream_closed_early_leaves_the_model_usable(chat: ChatModel)
     assert first is not None
     again = await collect(chat.stream(ASK, GREEDY))
     assert again.text
+
+
+async def test_text_model_continues_a_prompt_and_honours_max_tokens(chat: ChatModel) -> None:
+    if not isinstance(chat, TextModel):
+        pytest.skip("not a TextModel: the gateway refuses /v1/completions for it")
+    deltas = [d async for d in chat.stream_text("Red, orange, yellow,", GREEDY)]
+    assert "".join(d.text for d in deltas)
+    assert [d.finish_reason for d in deltas if d.finish_reason] == [deltas[-1].finish_reason]
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens > 0
+    out = await collect(
+        chat.stream_text("Red, orange, yellow,", Sampling(temperature=0, max_tokens=1))
+    )
+    assert (out.finish_reason, out.usage.completion_tokens) == ("length", 1)
 
 
 async def test_embedder_returns_one_vector_per_text_in_order(embedder: Embedder) -> None:
