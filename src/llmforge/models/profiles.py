@@ -61,7 +61,8 @@ _DEEPSEEK = {
     "deepseek-chat": ModelFacts(131_072, _usd(0.56, 1.68)),
     "deepseek-reasoner": ModelFacts(131_072, _usd(0.56, 1.68), tools=False),
 }
-# The Messages API has no JSON mode; tools are supported (the adapter does not translate them yet).
+# The Messages API has no JSON mode (the adapter answers `response_format` through a forced tool);
+# tools are supported and translated.
 _CLAUDE = {
     model_id: ModelFacts(200_000, price, json_mode=False)
     for model_id, price in {
