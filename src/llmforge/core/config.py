@@ -128,6 +128,12 @@ class ServerConfig(Section):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
     preload: bool = Field(True, description="load local models at start-up instead of first use")
+    budget_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="how long a call of a key with a budget may wait for calls in flight to "
+        "settle when their reservations hold the room it needs; then 429 with Retry-After",
+    )
 
 
 class RouterConfig(Section):

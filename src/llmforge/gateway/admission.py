@@ -14,13 +14,21 @@
   the tokens really used (reported usage, else an estimate from the text). `limits`' strategies
   cannot give tokens back, so the two windows are kept with its storage's atomic `incr`.
   Storage is in-process, or Redis when `redis_url` is set, so several gateway processes share it.
-- Budgets: the worst-case cost (prompt bound x input price + max_tokens x output price, the
-  dearest model of the fallback plan) is reserved in the database before the call by one
-  conditional UPDATE (see keys.py) and settled to the actual cost after it, whether the call
-  succeeded, failed or was cancelled; so spend never passes the budget, however many calls run at
-  once. A key with a budget or TPM limit whose request gives no max_tokens gets the model's
-  `max_output_tokens` (else 4096, or the context length if smaller) as its max_tokens, which keeps
-  the bound without reserving a whole context window per call.
+- Budgets: the worst-case cost is reserved in the database before the call by one conditional
+  UPDATE (see keys.py) and settled to the actual cost after it, whether the call succeeded,
+  failed or was cancelled; so spend never passes the budget, however many calls run at once. The
+  worst case is, on the dearest model of the fallback plan, the prompt's tokens x input price +
+  max_tokens x output price (both x `n`). The prompt's tokens are counted by the model's tokenizer
+  when every deployment of that model is a `TokenCounter` that can tell, else bounded by
+  `prompt_token_bound` (bytes plus allowances). A key with a budget or TPM limit whose request
+  gives no max_tokens gets the model's `max_output_tokens` (else 4096, or the context length if
+  smaller) as its max_tokens, which keeps the bound without reserving a whole context window.
+- A reservation that fits what is left of the budget but not beside the calls in flight waits for
+  them to settle (woken by each settlement of the key in this process, and polling every
+  `BUDGET_POLL_S` for other processes), in line behind the key's earlier waiters, for at most
+  `server.budget_wait_s`; then it is refused with 429 `rate_limit_exceeded` and `Retry-After`.
+  `budget_exceeded` means what is spent leaves no room for the call's worst case: waiting would
+  not help.
 
 Admission and settlement run shielded from cancellation: a client that goes away mid-admission
 still has what was taken given back. This module does not price calls (the gateway sets
@@ -36,7 +44,6 @@ import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import limits
@@ -53,31 +60,61 @@ from llmforge.core.errors import (
     RateLimitError,
 )
 from llmforge.core.settings import Settings
-from llmforge.core.types import Message, Usage
-from llmforge.gateway.call import Call, Caller, cost_usd
+from llmforge.core.types import Message, Sampling, Usage
+from llmforge.gateway.call import Call, Caller, Reservation, TokenHold, cost_usd
 from llmforge.gateway.keys import KeyStore, to_nusd, to_usd
 from llmforge.models import ModelCatalog
+from llmforge.models.base import TokenCounter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PER_MESSAGE_TOKENS = 16  # role markers and separators a chat template adds around each message
 PER_REQUEST_TOKENS = 128  # a template's own default system prompt and generation prompt
+TOOLS_TOKENS = 256  # the instructions a template wraps around tool descriptions
+PER_IMAGE_TOKENS = 2560  # an image, as Anthropic and OpenAI's GPT-4o/4.1 count it at most
 DEFAULT_OUTPUT_CAP = 4096  # max_tokens for budgeted calls when neither request nor model says
 WINDOW_S = 60
 STALE_RESERVATION_S = 24 * 3600  # reservations older than this were left by a dead process
+BUDGET_WAIT_S = 5.0  # how long a reservation may wait for calls in flight to settle, by default
+BUDGET_POLL_S = 0.1  # how often it looks again, for settlements by other processes
 MASTER = Caller(key_id="master", name="master", master=True)
 
 
-def prompt_token_bound(messages: Sequence[Message] = (), inputs: Sequence[str] = ()) -> int:
-    """An upper bound of the prompt's tokens: every token covers at least one UTF-8 byte, plus an
-    allowance for what a chat template adds."""
+def prompt_token_bound(
+    messages: Sequence[Message] = (),
+    inputs: Sequence[str] = (),
+    sampling: Sampling | None = None,
+    text: str | None = None,
+) -> int:
+    """An upper bound of the prompt's tokens: every token covers at least one UTF-8 byte, plus
+    allowances for what a chat template adds (per request, per message, around tools) and for
+    each image. Covers the messages (or embedding `inputs`, or a raw `text` prompt) and the
+    sampling's tool descriptions and JSON schema."""
     if inputs:
         return sum(len(t.encode()) + PER_MESSAGE_TOKENS for t in inputs)
-    return PER_REQUEST_TOKENS + sum(
-        len(m.content.encode()) + len((m.name or "").encode()) + PER_MESSAGE_TOKENS
-        for m in messages
+    if text is not None:
+        return len(text.encode()) + PER_MESSAGE_TOKENS
+    return (
+        PER_REQUEST_TOKENS
+        + sum(_message_bytes(m) + PER_MESSAGE_TOKENS for m in messages)
+        + (_sampling_bytes(sampling) if sampling is not None else 0)
     )
+
+
+def _message_bytes(m: Message) -> int:
+    n = len(m.content.encode()) + len((m.name or "").encode())
+    n += len((m.tool_call_id or "").encode()) + PER_IMAGE_TOKENS * len(m.images)
+    return n + sum(len(call.model_dump_json().encode()) for call in m.tool_calls)
+
+
+def _sampling_bytes(sampling: Sampling) -> int:
+    n = sum(len(tool.model_dump_json(exclude_none=True).encode()) for tool in sampling.tools)
+    if sampling.tools:
+        n += TOOLS_TOKENS
+    if sampling.response_format is not None:
+        n += len(sampling.response_format.model_dump_json(exclude_none=True).encode())
+    return n
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -86,24 +123,6 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return headers.get("x-api-key", "").strip() or None
-
-
-@dataclass(frozen=True)
-class TokenHold:
-    """Tokens taken from one key's per-minute window, to be corrected after the call."""
-
-    counter: str
-    tokens: int
-
-
-@dataclass
-class Reservation:
-    """What admission took for a call (`Call.reservation`), given back by `settle`."""
-
-    key_id: str
-    budget_id: str | None = None  # the ledger's reservation, when the key has a budget
-    worst_nusd: int = 0
-    tokens: TokenHold | None = None
 
 
 class RateLimits:
@@ -198,14 +217,20 @@ class KeyAdmission:
         *,
         master_key: str | None,
         plan: Callable[[str], list[str]] | None = None,
+        budget_wait_s: float = BUDGET_WAIT_S,
     ) -> None:
         self.store = store
         self.rate_limits = rate_limits
         self.catalog = catalog
         self.master_key = master_key or None
         self.plan = plan or (lambda model: [model, *catalog.config(model).fallbacks])
+        self.budget_wait_s = budget_wait_s
         self._background: set[asyncio.Future[Any]] = set()
         self._writer: ThreadPoolExecutor | None = None  # made on first use, see `_write`
+        # per key: the line of reservations waiting for room, and the event its next settlement
+        # in this process sets
+        self._lines: dict[str, asyncio.Lock] = {}
+        self._settled: dict[str, asyncio.Event] = {}
 
     @classmethod
     def from_settings(
@@ -216,7 +241,14 @@ class KeyAdmission:
         plan: Callable[[str], list[str]] | None = None,
     ) -> KeyAdmission:
         master = settings.master_key.get_secret_value() if settings.master_key else None
-        return cls(store, RateLimits.from_settings(settings), catalog, master_key=master, plan=plan)
+        return cls(
+            store,
+            RateLimits.from_settings(settings),
+            catalog,
+            master_key=master,
+            plan=plan,
+            budget_wait_s=settings.server.budget_wait_s,
+        )
 
     async def start(self) -> None:
         released = await self._write(self.store.release_stale, STALE_RESERVATION_S)
@@ -283,21 +315,26 @@ class KeyAdmission:
                 f"{', '.join(caller.models)}. Create a key whose --models include it.",
                 param="model",
             )
-        await self._shielded(self._admit(call, caller), on_cancel=lambda: self._settle_soon(call))
+        gone = asyncio.Event()  # set when our caller leaves: a reservation stops waiting
+        await self._shielded(
+            self._admit(call, caller, gone),
+            on_cancel=lambda: self._settle_soon(call),
+            gone=gone,
+        )
 
     async def settle(self, call: Call) -> None:
         reservation = call.reservation
-        if not isinstance(reservation, Reservation):
+        if reservation is None:
             return  # not admitted here (anonymous, master, or refused)
         call.reservation = None
         await self._shielded(self._settle(call, reservation))
 
-    async def _admit(self, call: Call, caller: Caller) -> None:
+    async def _admit(self, call: Call, caller: Caller, gone: asyncio.Event) -> None:
         if caller.rpm is not None:
             await self._limits(self.rate_limits.hit_request(caller.key_id, caller.rpm, caller.name))
         reservation = Reservation(caller.key_id)
         bounded = caller.tpm is not None or caller.budget_usd is not None
-        if bounded and call.kind == "chat" and call.sampling.max_tokens is None:
+        if bounded and call.kind != "embedding" and call.sampling.max_tokens is None:
             call.sampling = call.sampling.model_copy(
                 update={"max_tokens": self.output_cap(call.model)}
             )
@@ -309,8 +346,8 @@ class KeyAdmission:
         try:
             if caller.budget_usd is not None:
                 reservation.worst_nusd = self.worst_case_nusd(call)
-                reservation.budget_id = await self._write(
-                    self.store.reserve, caller.key_id, reservation.worst_nusd
+                reservation.budget_id = await self._reserve_budget(
+                    caller, reservation.worst_nusd, gone
                 )
         except BaseException:
             if reservation.tokens is not None:
@@ -327,6 +364,10 @@ class KeyAdmission:
                 )
         except SQLAlchemyError:  # the reservation stays; `release_stale` frees it later
             log.exception("could not settle call %s of key %s", call.id, reservation.key_id)
+        else:
+            settled = self._settled.pop(reservation.key_id, None)
+            if settled is not None:
+                settled.set()  # wakes the first reservation waiting for this key
         if reservation.tokens is not None:
             try:
                 await self._limits(
@@ -334,6 +375,55 @@ class KeyAdmission:
                 )
             except OverloadedError:
                 log.exception("could not correct the token count of call %s", call.id)
+
+    async def _reserve_budget(self, caller: Caller, amount_nusd: int, gone: asyncio.Event) -> str:
+        """The ledger's reservation of `amount_nusd` for the key. While calls in flight hold the
+        room it needs, wait (in line behind the key's earlier waiters) for their settlements, at
+        most `budget_wait_s`; then RateLimitError. BudgetExceededError at once when what is spent
+        leaves no room. CancelledError when `gone` is set (the caller left) while waiting."""
+        key_id = caller.key_id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget_wait_s
+        line = self._lines.setdefault(key_id, asyncio.Lock())
+        settled: asyncio.Event | None = None  # taken just before the last try that failed
+        in_line = False
+        try:
+            if not line.locked():  # nobody waits: try at once (others wait: no overtaking them)
+                settled = self._settled.setdefault(key_id, asyncio.Event())
+                rid = await self._write(self.store.reserve, key_id, amount_nusd)
+                if rid is not None:
+                    return rid
+            in_line = await _until(line.acquire(), deadline - loop.time(), gone)
+            while in_line and not gone.is_set():
+                if settled is not None:  # wait for a settlement, or look again soon
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    await _until(settled.wait(), min(left, BUDGET_POLL_S), gone)
+                    if gone.is_set():
+                        break
+                settled = self._settled.setdefault(key_id, asyncio.Event())
+                rid = await self._write(self.store.reserve, key_id, amount_nusd)
+                if rid is not None:
+                    return rid
+            if gone.is_set():
+                raise asyncio.CancelledError
+            raise await self._held_refusal(caller, amount_nusd)
+        finally:
+            if in_line:
+                line.release()
+
+    async def _held_refusal(self, caller: Caller, amount_nusd: int) -> RateLimitError:
+        key = await asyncio.to_thread(self.store.get, caller.key_id)
+        held = f"${key.reserved_usd:.6f}" if key.reserved_usd else "the rest"
+        return RateLimitError(
+            f"Calls in flight on key '{caller.name}' hold {held} of its "
+            f"${key.budget_usd or 0:.6f} budget (${key.spent_usd:.6f} spent), and this request "
+            f"could cost up to ${to_usd(amount_nusd) or 0:.6f}; no room came free within "
+            f"{self.budget_wait_s:g} s. Retry after the Retry-After seconds, or lower max_tokens "
+            "so the request's worst case is smaller.",
+            retry_after_s=1.0,
+        )
 
     # -- bounds and charges ---------------------------------------------------------------------
 
@@ -344,29 +434,52 @@ class KeyAdmission:
         )
 
     def token_bound(self, call: Call) -> int:
+        """The most tokens the call can use (TPM): prompt and output, on any model of its plan."""
         if call.kind == "embedding":
             return prompt_token_bound(inputs=call.inputs)
-        return prompt_token_bound(call.messages) + (call.sampling.max_tokens or 0)
+        output = (call.sampling.max_tokens or 0) * call.sampling.n
+        return max(self.prompt_tokens(call, m) for m in self.plan(call.model)) + output
 
     def worst_case_nusd(self, call: Call) -> int:
-        """The most the call can cost: the prompt bound and max_tokens, on the dearest model the
-        router may serve it with. Embedding models have no price."""
+        """The most the call can cost: its prompt's tokens and max_tokens (each choice of `n`
+        counted whole), on the dearest model the router may serve it with. Embedding models
+        have no price."""
         if call.kind == "embedding":
             return 0
-        prompt = prompt_token_bound(call.messages)
-        output = call.sampling.max_tokens or 0
-        costs = [
-            (prompt * p.input_per_mtok + output * p.output_per_mtok) / 1_000_000
-            for p in (self.catalog.config(m).price for m in self.plan(call.model))
-        ]
+        n = call.sampling.n
+        output = (call.sampling.max_tokens or 0) * n
+        costs = []
+        for model in self.plan(call.model):
+            price = self.catalog.config(model).price
+            prompt = self.prompt_tokens(call, model) * n if price.input_per_mtok else 0
+            costs.append((prompt * price.input_per_mtok + output * price.output_per_mtok) / 1e6)
         return to_nusd(max(costs), up=True)
+
+    def prompt_tokens(self, call: Call, model: str) -> int:
+        """The call's prompt tokens on `model`: counted by its tokenizer when every deployment of
+        it is a TokenCounter that can tell now, else `prompt_token_bound`."""
+        if call.kind == "text":
+            return prompt_token_bound(text=call.prompt)
+        counts = []
+        for deployment in self.catalog.deployments(model):
+            backend = deployment.backend
+            count = None
+            if isinstance(backend, TokenCounter):
+                try:
+                    count = backend.count_prompt_tokens(call.messages, call.sampling)
+                except Exception as e:  # a counter's bug must not refuse calls
+                    log.warning("%s could not count a prompt (%r); bounding it by bytes", model, e)
+            if count is None:
+                return prompt_token_bound(call.messages, sampling=call.sampling)
+            counts.append(count)
+        return max(counts)
 
     def _charge(self, call: Call, reservation: Reservation) -> int:
         """What the call costs the key, in nano-dollars. A call that produced text without
         reporting usage (a stream the client left) is charged an estimate (4 bytes a token), at
         most its reservation, and `call.cost_usd` says so."""
         unreported = not call.usage.total_tokens and call.cache not in ("hit", "semantic_hit")
-        if call.kind == "chat" and unreported and call.output and call.served_by:
+        if call.kind != "embedding" and unreported and call.output and call.served_by:
             price = self.catalog.config(call.served_by).price
             estimate = cost_usd(price, _estimated_usage(call))
             nusd = to_nusd(estimate)
@@ -397,15 +510,20 @@ class KeyAdmission:
             ) from None
 
     async def _shielded(
-        self, op: Coroutine[Any, Any, None], on_cancel: Callable[[], None] | None = None
+        self,
+        op: Coroutine[Any, Any, None],
+        on_cancel: Callable[[], None] | None = None,
+        gone: asyncio.Event | None = None,
     ) -> None:
-        """Run `op` to the end even if our caller is cancelled; `on_cancel` runs after it
-        succeeded for a caller that is gone."""
+        """Run `op` to the end even if our caller is cancelled; `gone` is then set (so `op` may
+        stop waiting) and `on_cancel` runs after `op` succeeded for a caller that is gone."""
         task = asyncio.ensure_future(op)
         self._keep(task)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
+            if gone is not None:
+                gone.set()
             if on_cancel is not None:
 
                 def done(t: asyncio.Task[None]) -> None:
@@ -430,8 +548,26 @@ class KeyAdmission:
         task.add_done_callback(self._background.discard)
 
 
+async def _until(op: Coroutine[Any, Any, Any], timeout: float, gone: asyncio.Event) -> bool:
+    """Await `op` for at most `timeout` seconds, or until `gone` is set; whether it finished."""
+    task = asyncio.ensure_future(op)
+    leave = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait(
+            (task, leave), timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        leave.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.wait((task,))  # let a cancelled lock.acquire() put the lock back in order
+    return not task.cancelled() and task.exception() is None
+
+
 def _estimated_usage(call: Call) -> Usage:
     prompt = sum(len(m.content.encode()) for m in call.messages)
+    if call.kind == "text":
+        prompt += len(call.prompt.encode())
     return Usage(
         prompt_tokens=math.ceil(prompt / 4), completion_tokens=math.ceil(len(call.output) / 4) + 1
     )

@@ -5,8 +5,12 @@ digest, with a short prefix for display. Each key may carry a model scope, per-m
 budget. Spend is kept in integer nano-dollars (1e-9 USD), so sums are exact and the budget check is
 one conditional `UPDATE` that is atomic on SQLite and PostgreSQL alike:
 
-    reserve:  reserved += c   WHERE spent + reserved + c <= budget     (rowcount 0: refused)
+    reserve:  reserved += c   WHERE spent + reserved + c <= budget     (rowcount 0: not now)
     settle:   reserved -= c, spent += actual
+
+A reservation that does not fit is told apart by why: when `spent + c` alone passes the budget the
+key has no room for the call (`BudgetExceededError`); otherwise calls in flight hold the room it
+needs, which their settlements free, and `reserve` returns None so the caller may try again.
 
 Every reservation is also a row in `api_key_reservations`, written in the same transaction, so one
 left behind by a process that died mid-call can be released later (`release_stale`); settling and
@@ -230,9 +234,11 @@ class KeyStore:
 
     # -- spend ----------------------------------------------------------------------------------
 
-    def reserve(self, key_id: str, amount_nusd: int) -> str:
-        """Hold `amount_nusd` against the key's budget and return the reservation's id; raise
-        BudgetExceededError when spent + everything reserved + this would pass the budget."""
+    def reserve(self, key_id: str, amount_nusd: int) -> str | None:
+        """Hold `amount_nusd` against the key's budget and return the reservation's id. None when
+        it fits what is left of the budget but not beside the calls in flight (spent + amount <=
+        budget < spent + reserved + amount): try again once they settle. BudgetExceededError when
+        what is spent leaves no room for it; AuthenticationError when the key was revoked."""
         rid = sortable_id()  # reservation rows come and go with every call
         with self.engine.begin() as conn:
             k = api_keys.c
@@ -250,7 +256,15 @@ class KeyStore:
             )
             if held.rowcount != 1:
                 row = conn.execute(sa.select(api_keys).where(k.id == key_id)).first()
-                raise _refusal(None if row is None else ApiKey.from_row(row), amount_nusd)
+                if row is None:
+                    raise _refusal(None, amount_nusd)
+                now = row._mapping
+                if (
+                    now["revoked_at"] is None
+                    and now["spent_nusd"] + amount_nusd <= now["budget_nusd"]
+                ):
+                    return None  # calls in flight hold the room
+                raise _refusal(ApiKey.from_row(row), amount_nusd)
             conn.execute(
                 reservations.insert().values(
                     id=rid, key_id=key_id, amount_nusd=amount_nusd, created_at=time.time()
@@ -306,10 +320,11 @@ class KeyStore:
 def _refusal(key: ApiKey | None, amount_nusd: int) -> LLMForgeError:
     if key is None or not key.active:
         return AuthenticationError("This API key was revoked or deleted; use another key.")
+    budget = key.budget_usd or 0.0
     return BudgetExceededError(
-        f"Key '{key.name}' has spent ${key.spent_usd:.6f} (and holds ${key.reserved_usd:.6f} for "
-        f"calls in flight) of its ${key.budget_usd or 0:.6f} budget; this request could cost up "
-        f"to ${amount_nusd / NANO:.6f}. Lower max_tokens, shorten the prompt, or use a key with "
+        f"Key '{key.name}' has spent ${key.spent_usd:.6f} of its ${budget:.6f} budget; the "
+        f"${max(budget - key.spent_usd, 0):.6f} left is less than this request could cost "
+        f"(${amount_nusd / NANO:.6f}). Lower max_tokens, shorten the prompt, or use a key with "
         "more budget.",
         retry_after_s=0,
     )
