@@ -481,3 +481,15 @@ def test_tool_descriptions_and_images_count_towards_the_prompt_bound() -> None:
     image = ImagePart(url="https://example.com/a.png")
     with_image = prompt_token_bound([Message(role="user", content="hi", images=(image,))])
     assert with_image - plain >= 1000  # an image is hundreds to thousands of tokens upstream
+
+
+def test_each_of_n_answers_is_reserved_at_max_tokens(gateway: tuple[str, Settings]) -> None:
+    base, _ = gateway
+    n_worst = WORST + 2 * MAX_TOKENS * PRICE["output_per_mtok"] / 1e6  # three answers
+    key, _ = new_key(base, budget_usd=(WORST + n_worst) / 2)  # room for one answer, not three
+    sdk = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as e:
+        sdk.chat.completions.create(model="quick", messages=HI, max_tokens=MAX_TOKENS, n=3)
+    assert e.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    reply = sdk.chat.completions.create(model="quick", messages=HI, max_tokens=MAX_TOKENS)
+    assert reply.choices[0].message.content == "one two"

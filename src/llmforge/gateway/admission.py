@@ -7,18 +7,19 @@
   has no limits. With no master key every request is anonymous and nothing below applies.
 - Scope: a key limited to some models gets a 403 for any other.
 - Requests per minute: `limits`' moving window, exact.
-- Tokens per minute are reserved before the call and corrected after it. The reservation is an
-  upper bound of the prompt (`prompt_token_bound`) plus max_tokens, added atomically to a per-key
-  sliding-window counter and taken back at once if that puts the window over the limit, so
-  concurrent requests can never jointly pass it. After the call the reservation is replaced by
-  the tokens really used (reported usage, else an estimate from the text). `limits`' strategies
-  cannot give tokens back, so the two windows are kept with its storage's atomic `incr`.
+- Tokens per minute are reserved before the call and corrected after it. The reservation is the
+  prompt's tokens (counted or bounded as for budgets, below) plus max_tokens x n, added
+  atomically to a per-key sliding-window counter and taken back at once if that puts the window
+  over the limit, so concurrent requests can never jointly pass it. After the call the
+  reservation is replaced by the tokens really used (reported usage, else an estimate from the
+  text). `limits`' strategies cannot give tokens back, so the two windows are kept with its
+  storage's atomic `incr`.
   Storage is in-process, or Redis when `redis_url` is set, so several gateway processes share it.
 - Budgets: the worst-case cost is reserved in the database before the call by one conditional
   UPDATE (see keys.py) and settled to the actual cost after it, whether the call succeeded,
   failed or was cancelled; so spend never passes the budget, however many calls run at once. The
   worst case is, on the dearest model of the fallback plan, the prompt's tokens x input price +
-  max_tokens x output price (both x `n`). The prompt's tokens are counted by the model's tokenizer
+  max_tokens x `n` x output price. The prompt's tokens are counted by the model's tokenizer
   when every deployment of that model is a `TokenCounter` that can tell, else bounded by
   `prompt_token_bound` (bytes plus allowances). A key with a budget or TPM limit whose request
   gives no max_tokens gets the model's `max_output_tokens` (else 4096, or the context length if
@@ -72,7 +73,9 @@ T = TypeVar("T")
 PER_MESSAGE_TOKENS = 16  # role markers and separators a chat template adds around each message
 PER_REQUEST_TOKENS = 128  # a template's own default system prompt and generation prompt
 TOOLS_TOKENS = 256  # the instructions a template wraps around tool descriptions
-PER_IMAGE_TOKENS = 2560  # an image, as Anthropic and OpenAI's GPT-4o/4.1 count it at most
+# an image, as Anthropic and OpenAI's GPT-4o/4.1 count it at most (GPT-4o mini counts images at
+# many times this, so its image calls can cost more than they reserve)
+PER_IMAGE_TOKENS = 2560
 DEFAULT_OUTPUT_CAP = 4096  # max_tokens for budgeted calls when neither request nor model says
 WINDOW_S = 60
 STALE_RESERVATION_S = 24 * 3600  # reservations older than this were left by a dead process
@@ -441,17 +444,16 @@ class KeyAdmission:
         return max(self.prompt_tokens(call, m) for m in self.plan(call.model)) + output
 
     def worst_case_nusd(self, call: Call) -> int:
-        """The most the call can cost: its prompt's tokens and max_tokens (each choice of `n`
-        counted whole), on the dearest model the router may serve it with. Embedding models
-        have no price."""
+        """The most the call can cost: its prompt's tokens (read once, for all `n` answers, as
+        every backend does) and max_tokens for each of the `n` answers, on the dearest model the
+        router may serve it with. Embedding models have no price."""
         if call.kind == "embedding":
             return 0
-        n = call.sampling.n
-        output = (call.sampling.max_tokens or 0) * n
+        output = (call.sampling.max_tokens or 0) * call.sampling.n
         costs = []
         for model in self.plan(call.model):
             price = self.catalog.config(model).price
-            prompt = self.prompt_tokens(call, model) * n if price.input_per_mtok else 0
+            prompt = self.prompt_tokens(call, model) if price.input_per_mtok else 0
             costs.append((prompt * price.input_per_mtok + output * price.output_per_mtok) / 1e6)
         return to_nusd(max(costs), up=True)
 
