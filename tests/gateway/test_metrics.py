@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from llmforge.core.settings import Settings, load_settings
 from llmforge.gateway import create_app
@@ -222,3 +223,46 @@ def test_two_apps_in_one_process_keep_separate_metrics(tmp_path: Path, upstream:
         labels = {"model": "fake", "served_by": "fake", "status": "ok", "kind": "chat"}
         assert value(scrape(a), "llmforge_requests_total", **labels) == 1
         assert value(scrape(b), "llmforge_requests_total", **labels) == 0
+
+
+# -- who may read /metrics ----------------------------------------------------------------------
+
+
+def test_metrics_need_the_master_key_or_the_metrics_token_when_keys_are_on(
+    tmp_path: Path, upstream: str
+) -> None:
+    settings = settings_for(tmp_path, upstream).model_copy(
+        update={"master_key": SecretStr("sk-master"), "metrics_token": SecretStr("scrape-me")}
+    )
+    app = create_app(settings)
+    with serve(app) as base:
+        created = httpx.post(
+            base + "/admin/keys",
+            json={"name": "app"},
+            headers={"Authorization": "Bearer sk-master"},
+            timeout=10,
+        )
+        user_key = created.json()["key"]
+
+        def get(token: str | None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return httpx.get(base + "/metrics", headers=headers, timeout=10)
+
+        assert get(None).status_code == 401  # key ids, models and traffic are not public
+        assert get("nonsense").status_code == 401
+        assert get(user_key).status_code == 403  # an ordinary key may call models, not scrape
+        for allowed in ("sk-master", "scrape-me"):
+            r = get(allowed)
+            assert r.status_code == 200 and "llmforge_requests_in_flight" in r.text
+
+
+def test_metrics_token_alone_closes_metrics_without_keys(tmp_path: Path, upstream: str) -> None:
+    settings = settings_for(tmp_path, upstream).model_copy(
+        update={"metrics_token": SecretStr("scrape-me")}
+    )
+    with serve(create_app(settings)) as base:
+        assert httpx.get(base + "/metrics", timeout=10).status_code == 401
+        ok = httpx.get(base + "/metrics", headers={"Authorization": "Bearer scrape-me"}, timeout=10)
+        assert ok.status_code == 200
+        # the API itself stays open (no master key)
+        assert chat(base, "fake", "hi").status_code == 200

@@ -24,7 +24,10 @@ from tests.fakes.openai_upstream import FakeOpenAI, Fault
 from tests.fakes.server import serve
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+MESSAGES = "/v1/messages"
+LANE_PATHS = [CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES]
 HELLO = [{"role": "user", "content": "hello there"}]
 
 
@@ -53,7 +56,13 @@ def gateway(
     settings = load_settings(
         None,
         database=f"sqlite:///{tmp_path_factory.mktemp('lane') / 'gw.db'}",
-        models=[remote("remote"), remote("hangup-chat"), remote("hangup-stream")],
+        models=[
+            remote("remote"),
+            remote("hangup-chat"),
+            remote("hangup-stream"),
+            remote("hangup-messages"),
+            remote("hangup-text"),
+        ],
         embeddings=[
             {"name": "hash", "provider": "fake", "dimensions": 8},
             remote("hangup-embed"),
@@ -116,8 +125,10 @@ def assert_error(r: httpx.Response, status: int, param: str | None, code: str) -
         (CHAT, "hangup-chat", {"messages": HELLO}),
         (CHAT, "hangup-stream", {"messages": HELLO, "stream": True}),  # before its first token
         (EMBEDDINGS, "hangup-embed", {"input": "hello there"}),
+        (MESSAGES, "hangup-messages", {"messages": HELLO, "max_tokens": 1500}),
+        (COMPLETIONS, "hangup-text", {"prompt": "hello there"}),
     ],
-    ids=["chat", "stream-before-first-token", "embeddings"],
+    ids=["chat", "stream-before-first-token", "embeddings", "anthropic-messages", "completions"],
 )
 def test_client_hanging_up_before_the_answer_cancels_the_upstream_call(
     gateway: tuple[str, FastAPI], up: FakeOpenAI, path: str, model: str, body: dict[str, Any]
@@ -152,13 +163,16 @@ def test_call_answered_before_the_client_leaves_is_traced_ok(
 # -- another method ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [CHAT, EMBEDDINGS])
+@pytest.mark.parametrize("path", LANE_PATHS)
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 def test_method_other_than_post_is_405_naming_post(base: str, path: str, method: str) -> None:
     r = httpx.request(method, base + path, timeout=10)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.headers["content-type"].startswith("application/json")
     err = r.json()["error"]
+    if path == MESSAGES:  # in the shape of the API spoken
+        assert r.json()["type"] == "error" and err["type"] == "invalid_request_error"
+        return
     assert (err["type"], err["code"], err["param"]) == (
         "invalid_request_error",
         "method_not_allowed",

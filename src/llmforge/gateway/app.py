@@ -195,19 +195,19 @@ def _report_preload(task: asyncio.Task[None]) -> None:
         log.error("loading models failed: %s", message)
 
 
+METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
 def allowed_methods(app: GatewayApp, scope: Scope) -> list[str]:
     """Every method some route serves at this path (Starlette's 405 names only the first
-    matching route's)."""
+    matching route's): each method is tried against the routes as a request would be."""
     if scope.get("path") in app.lane_paths:
         return ["POST"]
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "__none__"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    if "GET" in methods:
-        methods.add("HEAD")
-    return sorted(methods)
+    return [
+        method
+        for method in METHODS
+        if any(r.matches({**scope, "method": method})[0] == Match.FULL for r in app.router.routes)
+    ]
 
 
 def _install_error_handlers(app: GatewayApp) -> None:
