@@ -127,7 +127,7 @@ def create_app(
     recorder = TraceRecorder(store, settings.traces.queue_size)
     router = Router(catalog, settings.router)
     admission = KeyAdmission.from_settings(settings, KeyStore(engine), catalog, router.plan)
-    metrics = GatewayMetrics(router)
+    metrics = GatewayMetrics(router, recorder)
     cache = build_cache(settings, engine, catalog)
     gateway = Gateway(
         catalog,

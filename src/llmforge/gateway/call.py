@@ -60,6 +60,7 @@ class Call:
     kind: Literal["chat", "text", "embedding"] = "chat"
     inputs: list[str] = field(default_factory=list)  # embedding calls
     prompt: str = ""  # text calls (legacy completions): the raw prompt
+    metadata: dict[str, str] = field(default_factory=dict)  # the caller's tags, traced
     caller: Caller | None = None
     use_cache: bool = True
     id: str = ""
@@ -125,6 +126,9 @@ class Call:
             cache=self.cache,
             cost_usd=self.cost_usd,
             key_id=self.caller.key_id if self.caller else None,
+            tool_calls=[c.model_dump() for c in self.tool_calls] or None,
+            finish_reason=self.finish_reason,
+            metadata=self.metadata or None,
         )
 
 

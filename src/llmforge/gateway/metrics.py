@@ -28,12 +28,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmforge.gateway.call import Call
 from llmforge.gateway.router import Router
+from llmforge.traces import TraceRecorder
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -45,7 +46,7 @@ class GatewayMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, router: Router | None = None) -> None:
+    def __init__(self, router: Router | None = None, recorder: TraceRecorder | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -121,6 +122,8 @@ class GatewayMetrics:
         )
         if router is not None:
             r.register(CircuitCollector(router))
+        if recorder is not None:
+            r.register(TraceCollector(recorder))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def finished(self, call: Call) -> None:
@@ -194,6 +197,33 @@ class CircuitCollector(Collector):
         )
 
 
+class TraceCollector(Collector):
+    """`llmforge_traces_written` and `llmforge_traces_lost{reason}` (overflow: the queue was
+    full; unwritable: the database refused the row; abandoned: unwritten at shutdown), read from
+    the recorder at scrape time. A lost trace is a call nobody can audit: alert on any."""
+
+    def __init__(self, recorder: TraceRecorder) -> None:
+        self.recorder = recorder
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        stats = self.recorder.stats
+        written = CounterMetricFamily("llmforge_traces_written", "Traces stored.")
+        written.add_metric([], stats.written)
+        yield written
+        lost = CounterMetricFamily(
+            "llmforge_traces_lost", "Traces not stored, by why.", labels=["reason"]
+        )
+        for reason in ("overflow", "unwritable", "abandoned"):
+            lost.add_metric([reason], getattr(stats, reason))
+        yield lost
+
+
 class InFlightMiddleware:
     """Keeps `gauge` at the number of HTTP requests under `prefix` being served (a stream counts
     until its last chunk is sent or the client goes away)."""
@@ -214,4 +244,4 @@ class InFlightMiddleware:
             self.gauge.dec()
 
 
-__all__ = ["CircuitCollector", "GatewayMetrics", "InFlightMiddleware"]
+__all__ = ["CircuitCollector", "GatewayMetrics", "InFlightMiddleware", "TraceCollector"]

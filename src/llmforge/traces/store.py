@@ -74,6 +74,9 @@ traces = sa.Table(
     sa.Column("cache", sa.String(16)),
     sa.Column("cost_usd", sa.Float, server_default="0"),
     sa.Column("key_id", sa.String(40)),
+    sa.Column("tool_calls", sa.JSON),
+    sa.Column("finish_reason", sa.String(16)),
+    sa.Column("metadata", sa.JSON),
 )
 
 
@@ -117,10 +120,19 @@ def _widen_ids(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE traces ALTER COLUMN id TYPE VARCHAR(64)"))
 
 
+def _add_answer_columns(conn: Connection) -> None:
+    """The answer's tool calls and finish reason, and the caller's metadata (tags to filter
+    by, e.g. when collecting a distillation dataset)."""
+    for col in ("tool_calls", "finish_reason", "metadata"):
+        ddl = traces.c[col].type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE traces ADD COLUMN {col} {ddl}"))
+
+
 MIGRATIONS = [
     Migration("traces.0001_create", _create),
     Migration("traces.0002_routing", _add_routing_columns),
     Migration("traces.0003_wide_ids", _widen_ids),
+    Migration("traces.0004_answers", _add_answer_columns),
 ]
 
 
@@ -147,6 +159,11 @@ class Trace(BaseModel):
     cache: str | None = None
     cost_usd: float | None = 0.0
     key_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="the answer's tool calls: [{id, name, arguments}]"
+    )
+    finish_reason: str | None = None
+    metadata: dict[str, str] | None = Field(None, description="the caller's tags")
 
 
 class TraceStore:

@@ -49,6 +49,7 @@ async def messages(ctx: AppContext, request: Request, body: bytes) -> Response:
         caller=await ctx.authenticate(request),
         use_cache=wants_cache(request.headers),
         id=new_message_id(),
+        metadata=req.tags(),
     )
     if not req.stream:
         completion = await unless_client_leaves(ctx.gateway.complete(call), request.receive)

@@ -58,6 +58,7 @@ async def chat_completions(ctx: AppContext, request: Request, body: bytes) -> Re
         stream=req.stream,
         caller=await ctx.authenticate(request),
         use_cache=wants_cache(request.headers),
+        metadata=req.metadata or {},
     )
     if not req.stream:
         completion = await unless_client_leaves(ctx.gateway.complete(call), request.receive)
@@ -104,6 +105,7 @@ async def completions(ctx: AppContext, request: Request, body: bytes) -> Respons
         stream=req.stream,
         caller=await ctx.authenticate(request),
         use_cache=wants_cache(request.headers),
+        metadata=req.metadata or {},
     )
     echo = req.text if req.echo else ""
     if not req.stream:

@@ -3,14 +3,15 @@ core types. The only gateway module that knows it (OpenAI's lives in `wire/opena
 
 Requests are validated strictly, like the OpenAI routes': a wrong type is a 400 naming the field.
 Translated: text, images (base64 or URL sources), client tools with `tool_choice` (auto, any, tool,
-none; `disable_parallel_tool_use`), `tool_use` blocks in assistant turns and `tool_result` blocks
-in user turns, so any configured model — local or remote, OpenAI-compatible or not — can serve
+none; `disable_parallel_tool_use`), `tool_use` blocks in assistant turns and `tool_result` blocks in
+user turns, so any configured model — local or remote, OpenAI-compatible or not — can serve
 Anthropic clients' tool calls. Refused with a 400 that says so: server tools (web search, code
-execution, ...), `document` blocks. Ignored: `metadata`, `top_k`, `thinking` (and thinking blocks
-sent back in a conversation), `service_tier`. Answers and stream events follow the Anthropic shapes:
-a text block (when there is text) and one `tool_use` block per call, streamed as
-`content_block_start` / `text_delta` or `input_json_delta` / `content_block_stop`. The core does
-not report which stop sequence ended an answer, so a stop is `end_turn` and `stop_sequence` null.
+execution, ...), `document` blocks. `metadata.user_id` is kept with the call's trace. Ignored:
+`top_k`, `thinking` (and thinking blocks sent back in a conversation), `service_tier`. Answers and
+stream events follow the Anthropic shapes: a text block (when there is text) and one `tool_use`
+block per call, streamed as `content_block_start` / `text_delta` or `input_json_delta` /
+`content_block_stop`. The core does not report which stop sequence ended an answer, so a stop is
+`end_turn` and `stop_sequence` null.
 """
 
 from __future__ import annotations
@@ -206,6 +207,10 @@ class ToolChoiceIn(WireModel):
         return ToolChoice(mode=modes[self.type], name=self.name)
 
 
+class MetadataIn(WireModel):
+    user_id: str | None = None
+
+
 class MessagesRequest(WireModel):
     model: str = Field(min_length=1)
     messages: list[MessageIn] = Field(min_length=1)
@@ -217,6 +222,7 @@ class MessagesRequest(WireModel):
     stream: bool = False
     tools: list[ToolIn] | None = Field(None, max_length=128)
     tool_choice: ToolChoiceIn | None = None
+    metadata: MetadataIn | None = None
 
     @model_validator(mode="after")
     def _tools_consistent(self) -> MessagesRequest:
@@ -229,6 +235,11 @@ class MessagesRequest(WireModel):
         if choice is not None and choice.type == "tool" and choice.name not in names:
             raise ValueError(f"tool_choice names '{choice.name}', which is not among `tools`")
         return self
+
+    def tags(self) -> dict[str, str]:
+        """What the trace keeps of `metadata`."""
+        user = self.metadata.user_id if self.metadata else None
+        return {"user_id": user} if user else {}
 
     def core_messages(self) -> list[Message]:
         system = _joined(self.system) if self.system is not None else ""

@@ -251,6 +251,9 @@ class SamplingIn(WireModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Any] | None = None
     user: str | None = None
+    metadata: dict[str, str] | None = Field(
+        None, max_length=16, description="tags kept with the call's trace (filter traces by them)"
+    )
 
     @field_validator("stop")
     @classmethod
