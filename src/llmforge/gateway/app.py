@@ -42,8 +42,9 @@ from llmforge.gateway.replies import (
     forge_error_response,
     validation_error_response,
 )
+from llmforge.gateway.response_store import ResponseStore
 from llmforge.gateway.router import Router
-from llmforge.gateway.routes import admin, anthropic, evals, kb, openai, ops
+from llmforge.gateway.routes import admin, anthropic, evals, kb, openai, ops, responses
 from llmforge.gateway.service import Gateway
 from llmforge.gateway.wire.openai import ErrorBody
 from llmforge.models import ModelCatalog
@@ -52,8 +53,8 @@ from llmforge.traces import TraceRecorder, TraceStore
 log = logging.getLogger(__name__)
 
 Extension = Callable[[FastAPI, AppContext], None]
-LANE: Sequence[LaneRoute] = [*openai.LANE, *anthropic.LANE]
-ROUTERS = [ops.router, openai.router, admin.router, kb.router, evals.router]
+LANE: Sequence[LaneRoute] = [*openai.LANE, *anthropic.LANE, *responses.LANE]
+ROUTERS = [ops.router, openai.router, responses.router, admin.router, kb.router, evals.router]
 
 
 class GatewayApp(FastAPI):
@@ -137,7 +138,17 @@ def create_app(
         cache=cache,
         observers=[metrics],
     )
-    ctx = AppContext(settings, engine, catalog, store, recorder, gateway, admission, metrics)
+    ctx = AppContext(
+        settings,
+        engine,
+        catalog,
+        store,
+        recorder,
+        gateway,
+        admission,
+        metrics,
+        ResponseStore(engine),
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -27,6 +27,7 @@ from llmforge.core.settings import Settings
 from llmforge.gateway.admission import KeyAdmission
 from llmforge.gateway.call import Caller
 from llmforge.gateway.metrics import GatewayMetrics
+from llmforge.gateway.response_store import ResponseStore
 from llmforge.gateway.service import Gateway
 from llmforge.models import ModelCatalog
 from llmforge.traces import TraceRecorder, TraceStore
@@ -46,6 +47,7 @@ class AppContext:
     gateway: Gateway
     admission: KeyAdmission
     metrics: GatewayMetrics
+    responses: ResponseStore
     _shared: dict[str, Any] = field(default_factory=dict)
 
     async def authenticate(self, conn: Request) -> Caller | None:

@@ -110,11 +110,12 @@ def validation_error_response(path: str, errors: Any) -> Response:
 
 
 def describe_validation_error(errors: Any) -> tuple[str, str | None]:
-    """The first problem as (message, param), e.g. ("messages.0.role: Input should be ...",
-    "messages.0.role")."""
+    """The most telling problem as (message, param), e.g. ("messages.0.role: Input should be ...",
+    "messages.0.role"): one of our own checks (a value error, which says what to do) before a
+    type mismatch, since a union reports a mismatch with each of its members."""
     if not errors:
         return "Invalid request.", None
-    err = errors[0]
+    err = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     if err.get("type") == "json_invalid":
         return f"Malformed JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}", None
