@@ -1,5 +1,5 @@
-"""The Responses API (`/v1/responses`) as the `openai` SDK and the OpenAI Agents SDK use it: text and
-function tools, `instructions`, string or item input, streamed typed events, conversations
+"""The Responses API (`/v1/responses`) as the `openai` SDK and the OpenAI Agents SDK use it: text
+and function tools, `instructions`, string or item input, streamed typed events, conversations
 continued by `previous_response_id`, `store: false`, get / delete, and the keys that own them."""
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def test_responses_of_a_remote_model_reach_the_upstream_as_chat(tmp_path: Path) 
             database=f"sqlite:///{tmp_path / 'gw.db'}",
             models=[
                 {"name": "gpt", "provider": "openai", "base_url": up + "/v1", "model_id": "tools"}
-            ],  # fmt: skip
+            ],
             embeddings=[],
             server={"preload": False},
         )
