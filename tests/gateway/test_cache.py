@@ -73,7 +73,9 @@ def settings_for(tmp: Path, upstream: str, **cache: Any) -> Settings:
             "retries": 0,
         },
         {"name": "slow", "provider": "fake", "responses": ["a b c d e f g h"], "delay_s": 0.1},
-    ]
+        {"name": "tools", "provider": "openai", "base_url": upstream + "/v1", "retries": 0,
+         "model_id": "tools"},
+    ]  # fmt: skip
     extra = {"redis_url": cache.pop("redis_url")} if "redis_url" in cache else {}
     return load_settings(
         None,
@@ -250,6 +252,42 @@ def test_stream_is_served_from_cache_as_a_stream(
     first, trace = traces(settings, [live_headers["x-request-id"], headers["x-request-id"]])
     assert first.status == "ok" and first.cache == "miss"  # a stream read to its end is complete
     assert trace.status == "ok" and trace.cache == "hit" and trace.stream and trace.output == text
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tool_calls_are_cached_and_replayed_as_a_stream(
+    tmp_path: Path, upstream: tuple[str, FakeOpenAI]
+) -> None:
+    base_up, fake = upstream
+    settings = settings_for(tmp_path, base_up)
+    convo = ask(unique("weather in Paris?"))
+    params = {"model": "tools", "tools": [WEATHER_TOOL]}
+    with serve(create_app(settings)) as base:
+        before = len(fake.requests)
+        first = chat(base, convo, **params)
+        again = chat(base, convo, **params)
+        headers, events = sse(base, convo, **params)
+        other = chat(base, convo, model="tools", tools=[WEATHER_TOOL], tool_choice="none")
+    assert len(fake.requests) == before + 2  # the tool_choice change is another question
+    assert again.headers["x-llmforge-cache"] == headers["x-llmforge-cache"] == "hit"
+    calls = first.json()["choices"][0]["message"]["tool_calls"]
+    assert again.json()["choices"][0]["message"]["tool_calls"] == calls
+    assert other.headers["x-llmforge-cache"] == "miss"
+    chunks = [json.loads(e) for e in events[:-1]]
+    pieces = [
+        p for c in chunks if c["choices"] for p in c["choices"][0]["delta"].get("tool_calls") or []
+    ]
+    assert pieces[0]["id"] == calls[0]["id"] and pieces[0]["function"]["name"] == "get_weather"
+    assert "".join(p["function"]["arguments"] for p in pieces) == calls[0]["function"]["arguments"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 def test_errors_and_abandoned_streams_are_not_cached(
