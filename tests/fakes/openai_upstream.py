@@ -593,6 +593,8 @@ def _check_message(m: Any) -> str | None:
     content = m.get("content")
     if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
         return "tool_call_id: required for role 'tool'"
+    if m["role"] == "tool" and "name" in m:
+        return "name: Additional properties are not allowed for role 'tool'"
     calls = m.get("tool_calls")
     if calls is not None:
         if m["role"] != "assistant" or not isinstance(calls, list) or not calls:

@@ -307,7 +307,7 @@ async def test_tool_calls_tool_results_and_images_in_the_history_are_sent_as_ope
                 }
             ],
         },
-        {"role": "tool", "content": "sunny", "name": "get_weather", "tool_call_id": "call_1"},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},  # no name: OpenAI refuses
     ]
     await m.aclose()
 
@@ -423,6 +423,7 @@ async def test_streamed_tool_calls_without_index_or_with_repeated_names_are_norm
 
     upstream[0].respond_raw(
         [
+            {"choices": [{"delta": {"role": "assistant"}, "finish_reason": ""}]},
             piece(id="a", function={"name": "f", "arguments": '{"x"'}),
             piece(id="a", function={"name": "f", "arguments": ": 1}"}),
             piece(id="b", function={"name": "g", "arguments": "{}"}),

@@ -362,7 +362,7 @@ class ChunkReader:
             yield Delta(text=text, tool_calls=pieces, logprobs=logprobs, choice=choice)
 
     def _finish(self, choice: int, reason: str | None) -> Iterator[Delta]:
-        if reason is None or choice in self._finished:
+        if not reason or choice in self._finished:  # some servers send "" until the end
             return
         self._seen.add(choice)
         self._finished.add(choice)

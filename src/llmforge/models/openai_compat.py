@@ -382,7 +382,7 @@ def _message(m: Message) -> dict[str, Any]:
                 url["detail"] = image.detail
             parts.append({"type": "image_url", "image_url": url})
         out["content"] = parts
-    if m.name is not None:
+    if m.name is not None and m.role != "tool":  # OpenAI's tool messages take no name
         out["name"] = m.name
     if m.tool_calls:
         out["content"] = m.content or None
