@@ -111,6 +111,12 @@ class EmbeddingConfig(Section):
     model_id: str | None = None
     timeout_s: float = Field(60.0, gt=0)
     batch_size: int = Field(32, gt=0)
+    max_request_tokens: int = Field(
+        300_000,
+        gt=0,
+        description="most tokens one request may hold, each input counted after truncation to "
+        "the model's input limit (OpenAI's cap; fits an ingest batch of 1024 x 256); more is a 400",
+    )
     dimensions: int | None = Field(None, gt=0, description="fake provider: vector size")
     backend: Literal["torch", "onnx"] = Field(
         "torch", description="sentence-transformers: run through PyTorch or ONNX Runtime"

@@ -3,7 +3,7 @@
 The chat model replies with its `responses` in turn (or echoes the last user message when none are
 given), streaming word by word with an optional per-token delay, and honours `max_tokens` (in words)
 and `stop`. The embedder hashes words into a fixed-size vector, so similar texts get similar
-vectors.
+vectors; its tokens are words, and a request over `max_request_tokens` of them is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncGenerator, Sequence
 
 from llmforge.core.config import EmbeddingConfig, ModelConfig
+from llmforge.core.errors import InvalidRequestError
 from llmforge.core.types import (
     Completion,
     Delta,
@@ -61,14 +62,20 @@ class FakeChatModel:
 
 
 class FakeEmbedder:
-    def __init__(self, dimensions: int = 64) -> None:
+    def __init__(self, dimensions: int = 64, max_request_tokens: int | None = None) -> None:
         self.dimensions = dimensions
+        self.max_request_tokens = max_request_tokens
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
-        return Embeddings(
-            vectors=[self._vector(t) for t in texts],
-            prompt_tokens=sum(len(t.split()) for t in texts),
-        )
+        tokens = sum(len(t.split()) for t in texts)
+        if self.max_request_tokens is not None and tokens > self.max_request_tokens:
+            raise InvalidRequestError(
+                f"This request holds {tokens} tokens (words), over the {self.max_request_tokens} "
+                "one request may hold; send smaller requests, or raise this embedding's "
+                "`max_request_tokens` under `embeddings:` in llmforge.yaml.",
+                param="input",
+            )
+        return Embeddings(vectors=[self._vector(t) for t in texts], prompt_tokens=tokens)
 
     def _vector(self, text: str) -> list[float]:
         v = [0.0] * self.dimensions
@@ -92,4 +99,4 @@ def create(config: ModelConfig, context: ModelContext | None = None) -> FakeChat
 
 
 def create_embedder(config: EmbeddingConfig) -> FakeEmbedder:
-    return FakeEmbedder(config.dimensions or 64)
+    return FakeEmbedder(config.dimensions or 64, config.max_request_tokens)
