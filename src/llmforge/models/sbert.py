@@ -8,13 +8,14 @@ and returned in input order.
 
 One request may hold at most `max_request_tokens` tokens, each input counted after truncation to
 the model's input limit; a larger one is refused (`InvalidRequestError`) before anything is
-encoded. Counting uses the folder's fast tokenizer on a thread of its own, so it never waits
-behind another request's encoding. Each batch is its own job on the embedder's FIFO workers (one
-for PyTorch, which spreads a batch over every core; one per core for ONNX, whose single-threaded
-sessions run batches side by side), and a request keeps at most one batch per worker in flight,
-submitting the next only when one finishes. So a small request's batch runs between a big one's
-batches instead of after all of them, and a request whose caller is cancelled (a client that hung
-up) starts no further batch: the batches already running finish, the rest never start.
+encoded. Counting uses the folder's fast tokenizer on a thread apart from the encoding workers,
+so it never waits behind another request's encoding. Each batch is its own job on the embedder's
+FIFO workers (one for PyTorch, which spreads a batch over every core; one per core for ONNX, whose
+single-threaded sessions run batches side by side). A request keeps at most one batch per worker
+in flight: a finished job submits the request's next batch from the worker, at the back of the
+queue. So a small request's batch runs between a big one's batches instead of after all of them,
+and a request whose caller is cancelled (a client that hung up) starts no further batch: the
+batches already running finish, the rest never start.
 
 `backend: onnx` exports the local weights once to ONNX (PyTorch's exporter) into a cache folder
 under `onnx_dir`, keyed by the weights file, and reuses that export afterwards; `quantize: int8`
