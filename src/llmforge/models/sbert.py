@@ -8,8 +8,9 @@ and returned in input order.
 
 One request may hold at most `max_request_tokens` tokens, each input counted after truncation to
 the model's input limit; a larger one is refused (`InvalidRequestError`) before anything is
-encoded. Counting uses the folder's fast tokenizer on a thread apart from the encoding workers,
-so it never waits behind another request's encoding. Each batch is its own job on the embedder's
+encoded. Counting is the request's one tokenization (the folder's fast tokenizer; the ONNX encoder
+reuses it), on a thread apart from the encoding workers, so it never waits behind another
+request's encoding. Each batch is its own job on the embedder's
 FIFO workers (one for PyTorch, which spreads a batch over every core; one per core for ONNX, whose
 single-threaded sessions run batches side by side). A request keeps at most one batch per worker
 in flight: a finished job submits the request's next batch from the worker, at the back of the
@@ -40,7 +41,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -49,12 +50,18 @@ from llmforge.core.errors import ConfigError, InvalidRequestError
 from llmforge.core.types import Embeddings
 from llmforge.models.builtin import resolve
 
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+_Batch = tuple[list[str], list["Encoding"]]  # texts and their encodings
 
 
 class _Encoder(Protocol):
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised vectors of one batch, in input order."""
+    def encode(self, texts: list[str], encodings: list[Encoding]) -> np.ndarray:
+        """L2-normalised vectors of one batch, in input order: its texts and their encodings (the
+        embedder's tokenizer, truncated to the model's limit); each encoder reads what it needs."""
         ...
 
     def close(self) -> None: ...
@@ -75,24 +82,25 @@ class SentenceTransformerEmbedder:
         self._lanes = _ENCODERS[config.backend].lanes()
         self._executor = ThreadPoolExecutor(self._lanes, thread_name_prefix=f"embed-{config.name}")
         self._encoder: _Encoder | None = None
-        self._counter: _TokenCounter | None = None
+        self._tokenizer: _Tokenizer | None = None
         self._loading = threading.Lock()
 
     async def load(self) -> None:
-        await asyncio.to_thread(self._ensure_counter)
+        await asyncio.to_thread(self._ensure_tokenizer)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._ensure_loaded)
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
         texts = list(texts)
         if not texts:
             return Embeddings(vectors=[], prompt_tokens=0)
-        lengths = await asyncio.to_thread(self._count, texts)  # not behind others' encoding
+        encodings = await asyncio.to_thread(self._tokenize, texts)  # not behind others' batches
+        lengths = [len(e.ids) for e in encodings]
         tokens = sum(lengths)
         limit = self._config.max_request_tokens
         if tokens > limit:
             raise InvalidRequestError(
                 f"This request holds {tokens} tokens in {len(texts)} inputs (each counted up to "
-                f"the model's limit of {self._ensure_counter().max_length}), over the "
+                f"the model's limit of {self._ensure_tokenizer().max_length}), over the "
                 f"{limit} one request to embedding '{self.name}' may hold. Send the inputs in "
                 f"smaller requests, or raise `max_request_tokens` of '{self.name}' under "
                 "`embeddings:` in llmforge.yaml.",
@@ -101,7 +109,9 @@ class SentenceTransformerEmbedder:
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         size = self._config.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
-        encoded = await self._encode_batches([[texts[i] for i in b] for b in batches])
+        encoded = await self._encode_batches(
+            [([texts[i] for i in b], [encodings[i] for i in b]) for b in batches]
+        )
         out = np.zeros((len(texts), encoded[0].shape[1]), dtype=np.float32)
         for batch, vectors in zip(batches, encoded, strict=True):
             out[batch] = vectors
@@ -112,32 +122,32 @@ class SentenceTransformerEmbedder:
         if self._encoder is not None:
             self._encoder.close()
 
-    async def _encode_batches(self, batches: list[list[str]]) -> list[np.ndarray]:
+    async def _encode_batches(self, batches: list[_Batch]) -> list[np.ndarray]:
         chain = _Chain(self._executor, self._encode, batches, self._lanes)
         try:
             return await chain.done
         finally:
             chain.stop()  # cancelled (or failed): no further batch of this request starts
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        return self._ensure_loaded().encode(texts)
+    def _encode(self, batch: _Batch) -> np.ndarray:
+        return self._ensure_loaded().encode(*batch)
 
-    def _count(self, texts: list[str]) -> list[int]:
-        return self._ensure_counter().count(texts)
+    def _tokenize(self, texts: list[str]) -> list[Encoding]:
+        return self._ensure_tokenizer().tokenize(texts)
 
     def _path(self) -> Path:
         return resolve(self._config.path or "", what="embedding model")
 
-    def _ensure_counter(self) -> _TokenCounter:
-        if self._counter is None:
+    def _ensure_tokenizer(self) -> _Tokenizer:
+        if self._tokenizer is None:
             path = self._path()
             try:
-                self._counter = _TokenCounter(path)
+                self._tokenizer = _Tokenizer(path)
             except (OSError, ValueError, RuntimeError) as e:
                 raise ConfigError(
                     f"embedding '{self.name}': cannot load the tokenizer of '{path}': {e}"
                 ) from None
-        return self._counter
+        return self._tokenizer
 
     def _ensure_loaded(self) -> _Encoder:
         with self._loading:  # two workers may ask at once on first use
@@ -161,8 +171,8 @@ class _Chain:
     def __init__(
         self,
         executor: ThreadPoolExecutor,
-        encode: Callable[[list[str]], np.ndarray],
-        batches: list[list[str]],
+        encode: Callable[[_Batch], np.ndarray],
+        batches: list[_Batch],
         lanes: int,
     ) -> None:
         self._loop = asyncio.get_running_loop()
@@ -236,10 +246,10 @@ class _Chain:
             self._loop.call_soon_threadsafe(settle)
 
 
-class _TokenCounter:
-    """Tokens each text gives the model, special tokens included, after truncation to its input
-    limit: the folder's fast tokenizer (`tokenizer.json`, else the one transformers builds), an
-    instance of its own so it may run on any thread beside the encoders."""
+class _Tokenizer:
+    """The tokens each text gives the model, special tokens included, truncated to its input
+    limit: the folder's fast tokenizer (`tokenizer.json`, else the one transformers builds). Safe
+    to call from any thread beside the encoders (its settings never change after loading)."""
 
     def __init__(self, path: Path) -> None:
         from tokenizers import Tokenizer
@@ -259,10 +269,11 @@ class _TokenCounter:
         tokenizer.no_padding()
         self._tokenizer = tokenizer
 
-    def count(self, texts: list[str]) -> list[int]:
+    def tokenize(self, texts: list[str]) -> list[Encoding]:
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets: ~1.4x faster
         encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
-        return [len(e.ids) for e in encode(texts)]
+        encodings: list[Encoding] = encode(texts)
+        return encodings
 
 
 class _TorchEncoder:
@@ -279,7 +290,7 @@ class _TorchEncoder:
     def lanes() -> int:
         return 1
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], encodings: list[Encoding]) -> np.ndarray:
         vectors = self._model.encode(
             texts,
             batch_size=len(texts),
@@ -294,18 +305,14 @@ class _TorchEncoder:
 
 
 class _OnnxEncoder:
-    """The folder's transformer exported to ONNX, run by ONNX Runtime; pooling done here."""
+    """The folder's transformer exported to ONNX, run by ONNX Runtime on the embedder's
+    encodings; pooling done here."""
 
     def __init__(self, path: Path, config: EmbeddingConfig) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        tokenizer_file = path / "tokenizer.json"
-        if not tokenizer_file.is_file():
+        if not (path / "tokenizer.json").is_file():
             raise ValueError("backend onnx needs the folder's tokenizer.json; use backend torch")
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self._tokenizer.enable_truncation(_max_seq_length(path))
-        self._tokenizer.no_padding()
         self._pooling = _pooling_mode(path)
         model_file = export_onnx(path, Path(config.onnx_dir), quantize=config.quantize)
         options = ort.SessionOptions()
@@ -324,8 +331,7 @@ class _OnnxEncoder:
         single-threaded session embed ~1.3x more passages/s than 1 call using both cores)."""
         return _threads()
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
+    def encode(self, texts: list[str], encodings: list[Encoding]) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
         mask = np.zeros_like(ids)
