@@ -14,6 +14,7 @@ the rest of the server (`context.shared(key, build)`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -143,15 +144,21 @@ class CompletionBuilder:
     def finish_reason(self, choice: int = 0) -> FinishReason | None:
         return self._finish.get(choice)
 
-    def tool_calls(self, choice: int = 0) -> tuple[ToolCall, ...]:
+    def tool_calls(self, choice: int = 0, whole_only: bool = False) -> tuple[ToolCall, ...]:
+        """The choice's calls; `whole_only`: leave out a call cut off by max_tokens (its
+        arguments are not complete JSON) instead of passing it on as if it were whole."""
         calls = self._calls.get(choice, {})
-        return tuple(
+        out = tuple(
             ToolCall(id=i, name=n, arguments=a or "{}")
             for i, n, a in (calls[k] for k in sorted(calls))
         )
+        if whole_only and self._finish.get(choice) == "length":
+            out = tuple(c for c in out if _is_json(c.arguments))
+        return out
 
-    def result(self, logprobs: bool = False) -> Completion:
-        """The Completion so far (`logprobs`: include them, [] when none came)."""
+    def result(self, logprobs: bool = False, whole_calls_only: bool = False) -> Completion:
+        """The Completion so far (`logprobs`: include them, [] when none came; `whole_calls_only`:
+        see `tool_calls`)."""
 
         def lp(c: int) -> list[TokenLogprob] | None:
             return self._logprobs.get(c, []) if logprobs or c in self._logprobs else None
@@ -161,7 +168,7 @@ class CompletionBuilder:
                 index=c,
                 text=self.text(c),
                 finish_reason=self._finish.get(c, "stop"),
-                tool_calls=self.tool_calls(c),
+                tool_calls=self.tool_calls(c, whole_calls_only),
                 logprobs=lp(c),
             )
             for c in sorted(set(self._text) | set(self._finish))
@@ -172,10 +179,18 @@ class CompletionBuilder:
             finish_reason=self._finish.get(0, "stop"),
             usage=self.usage or Usage(),
             sources=self.sources,
-            tool_calls=self.tool_calls(0),
+            tool_calls=self.tool_calls(0, whole_calls_only),
             logprobs=lp(0),
             extra_choices=extra,
         )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def collect(stream: AsyncGenerator[Delta, None]) -> Completion:

@@ -2,8 +2,10 @@
 
 The chat model replies with its `responses` in turn (or echoes the last user message when none are
 given), streaming word by word with an optional per-token delay, and honours `max_tokens` (in words)
-and `stop`. The embedder hashes words into a fixed-size vector, so similar texts get similar
-vectors; its tokens are words, and a request over `max_request_tokens` of them is refused.
+and `stop`. What it cannot do (images, tools, JSON output, log probabilities, several choices) it
+refuses with a 400 naming the field, as every backend does, instead of silently ignoring it.
+The embedder hashes words into a fixed-size vector, so similar texts get similar vectors; its
+tokens are words, and a request over `max_request_tokens` of them is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class FakeChatModel:
     async def stream(
         self, messages: Sequence[Message], sampling: Sampling
     ) -> AsyncGenerator[Delta, None]:
+        _refuse_what_it_cannot_do(messages, sampling)
         reply = next(self._responses) if self._responses else _last_user(messages)
         for s in sampling.stop:
             if s and s in reply:
@@ -59,6 +62,23 @@ class FakeChatModel:
 
     async def aclose(self) -> None:
         return None
+
+
+def _refuse_what_it_cannot_do(messages: Sequence[Message], sampling: Sampling) -> None:
+    unsupported = (
+        ("messages", any(m.images for m in messages), "image parts"),
+        ("tools", sampling.calls_tools, "tool calls"),
+        ("response_format", sampling.response_format is not None, "JSON output"),
+        ("logprobs", sampling.logprobs or bool(sampling.top_logprobs), "log probabilities"),
+        ("n", sampling.n > 1, "more than one choice"),
+    )
+    for param, asked, what in unsupported:
+        if asked:
+            raise InvalidRequestError(
+                f"the scripted fake model does not do {what}; leave out `{param}` or use "
+                "another model",
+                param=param,
+            )
 
 
 class FakeEmbedder:

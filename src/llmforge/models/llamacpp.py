@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import threading
 import uuid
@@ -96,7 +97,7 @@ class LlamaCppChatModel:
         builder = CompletionBuilder()
         async for delta in self.stream(messages, sampling):
             builder.add(delta)
-        return builder.result(logprobs=sampling.logprobs)
+        return builder.result(logprobs=sampling.logprobs, whole_calls_only=True)
 
     async def stream(
         self, messages: Sequence[Message], sampling: Sampling
@@ -310,7 +311,11 @@ class LlamaCppChatModel:
         from llama_cpp import LlamaGrammar
 
         try:
-            grammar = str(LlamaGrammar.from_json_schema(key, verbose=False)._grammar)
+            grammar = str(
+                LlamaGrammar.from_json_schema(
+                    json.dumps(_bounded_integers_as_enums(schema)), verbose=False
+                )._grammar
+            )
         except Exception as e:  # llama-cpp-python's converter raises plain exceptions
             raise InvalidRequestError(
                 f"the JSON schema cannot be turned into a grammar: {e}; use plain JSON Schema "
@@ -321,6 +326,41 @@ class LlamaCppChatModel:
         if len(self._grammars) > GRAMMAR_CACHE:
             self._grammars.popitem(last=False)
         return grammar
+
+
+ENUMERATED_INT_RANGE = 256  # integer ranges up to this many values become an enum in the grammar
+
+
+def _bounded_integers_as_enums(node: Any) -> Any:
+    """The schema with each bounded integer (`minimum`/`maximum`, exclusive or not, `multipleOf`)
+    of at most ENUMERATED_INT_RANGE values written as an `enum`: llama-cpp-python's converter
+    ignores numeric bounds, and an enum is something its grammar enforces."""
+    if isinstance(node, list):
+        return [_bounded_integers_as_enums(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _bounded_integers_as_enums(v) for k, v in node.items()}
+    if out.get("type") != "integer" or "enum" in out:
+        return out
+    low, high = out.get("minimum"), out.get("maximum")
+    if isinstance(out.get("exclusiveMinimum"), int | float):
+        low = math.floor(out["exclusiveMinimum"]) + 1
+    if isinstance(out.get("exclusiveMaximum"), int | float):
+        high = math.ceil(out["exclusiveMaximum"]) - 1
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        return out
+    low, high = math.ceil(low), math.floor(high)
+    step = out.get("multipleOf", 1)
+    if high < low or high - low >= ENUMERATED_INT_RANGE or not isinstance(step, int) or step < 1:
+        return out
+    values = [v for v in range(low, high + 1) if v % step == 0]
+    rest = {
+        k: v
+        for k, v in out.items()
+        if k not in {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+        and k != "multipleOf"
+    }
+    return {**rest, "enum": values} if values else out
 
 
 class _ChoiceShaper:
