@@ -2,8 +2,9 @@
 
 The chat model replies with its `responses` in turn (or echoes the last user message when none are
 given), streaming word by word with an optional per-token delay, and honours `max_tokens` (in words)
-and `stop`. What it cannot do (images, tools, JSON output, log probabilities, several choices) it
-refuses with a 400 naming the field, as every backend does, instead of silently ignoring it.
+and `stop`. What it cannot do (images, tool calls, log probabilities, several choices) it refuses
+with a 400 naming the field, as every backend does, instead of silently ignoring it. A
+`response_format` is accepted: the scripted replies are the JSON (a scripted judge, say).
 The embedder hashes words into a fixed-size vector, so similar texts get similar vectors; its
 tokens are words, and a request over `max_request_tokens` of them is refused.
 """
@@ -68,7 +69,6 @@ def _refuse_what_it_cannot_do(messages: Sequence[Message], sampling: Sampling) -
     unsupported = (
         ("messages", any(m.images for m in messages), "image parts"),
         ("tools", sampling.calls_tools, "tool calls"),
-        ("response_format", sampling.response_format is not None, "JSON output"),
         ("logprobs", sampling.logprobs or bool(sampling.top_logprobs), "log probabilities"),
         ("n", sampling.n > 1, "more than one choice"),
     )
