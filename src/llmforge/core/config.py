@@ -233,6 +233,142 @@ class KBConfig(Section):
         return self
 
 
+# -- agents (llmforge.agents; docs/agents.md) ----------------------------------------------------
+
+AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+RESERVED_AGENT_NAMES = frozenset({"pending", "runs"})  # path segments of /v1/agents/...
+
+
+class AgentLimits(Section):
+    """A run's budget; the first one reached stops the run with status `budget_exceeded`."""
+
+    max_steps: int = Field(12, ge=1, description="model turns per run")
+    max_tokens: int | None = Field(None, gt=0, description="prompt + completion tokens per run")
+    max_cost_usd: float | None = Field(None, gt=0, description="model cost per run (`price`)")
+    max_wall_s: float | None = Field(
+        300.0, gt=0, description="seconds of execution per run (waiting for approval not counted)"
+    )
+
+
+class AgentToolRef(Section):
+    """A tool an agent may call, with its approval policy."""
+
+    name: str = Field(min_length=1, description="a tool name, or `mcp:SERVER` for all its tools")
+    approval: Literal["required", "never", "default"] = Field(
+        "default", description="`required`: the run pauses before each call until approved"
+    )
+
+
+class AgentConfig(Section):
+    """One agent: a graph over a model and tools (`agents.definitions[]`)."""
+
+    name: str = Field(pattern=AGENT_NAME)
+    graph: str = Field(
+        "react",
+        description="a name in the `llmforge.agent_graphs` registry: `react` (tool-using "
+        "assistant), `research` (report with citations), or a plugin's",
+    )
+    description: str | None = None
+    model: str | None = Field(None, description="the chat model (default: the first in `models:`)")
+    system_prompt: str | None = None
+    tools: list[str | AgentToolRef] = Field(default_factory=list)
+    approval: list[str] = Field(
+        default_factory=list, description="tool names whose calls need approval; `*`: every tool"
+    )
+    kb: str | None = Field(None, description="knowledge base that `kb_search` searches by default")
+    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(1024, gt=0, description="per model call")
+    recall: int = Field(
+        3, ge=0, le=20, description="long-term memories recalled into the prompt (0: off)"
+    )
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> AgentConfig:
+        if self.name in RESERVED_AGENT_NAMES:
+            raise ValueError(f"agent name '{self.name}' is reserved; pick another")
+        return self
+
+
+class SandboxConfig(Section):
+    """Tool `python`: code run in a subprocess with limits, no network, a scratch folder."""
+
+    cpu_s: float = Field(5.0, gt=0, description="CPU seconds (RLIMIT_CPU)")
+    memory_mb: int = Field(512, ge=32, description="address space (RLIMIT_AS)")
+    wall_s: float = Field(10.0, gt=0, description="wall-clock seconds before the process is killed")
+    max_output_chars: int = Field(8000, gt=0, description="stdout + stderr kept")
+    scratch: str = Field(".llmforge/agents/scratch", description="one sub-folder per run")
+
+
+class FetchConfig(Section):
+    """Tool `http_fetch`: GET of pages on allowed hosts only."""
+
+    allow: list[str] = Field(
+        default_factory=list, description="hosts (`docs.python.org`, `*.example.com`); empty: none"
+    )
+    timeout_s: float = Field(10.0, gt=0)
+    max_bytes: int = Field(500_000, gt=0, description="body bytes read, at most")
+    max_chars: int = Field(8000, gt=0, description="text handed to the model, at most")
+
+
+class MCPServerConfig(Section):
+    """An MCP server whose tools agents may call: a command (stdio) or a `url` (HTTP)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = Field(None, description="streamable HTTP endpoint")
+    headers_env: dict[str, str] = Field(
+        default_factory=dict, description="HTTP header -> environment variable holding its value"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="per tool call")
+    approval: Literal["required", "never"] = Field("never", description="for all its tools")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"mcp server '{self.name}': give exactly one of `command` or `url`")
+        return self
+
+
+class CheckpointConfig(Section):
+    database: str | None = Field(None, description="SQLAlchemy URL (default: `database`)")
+    keep_per_thread: int = Field(50, ge=1, description="newest checkpoints kept per thread")
+    max_age_days: float = Field(
+        30.0, gt=0, description="threads of runs finished longer ago are deleted"
+    )
+
+
+class AgentsConfig(Section):
+    """Agents (`llmforge.agents`): definitions, tool settings, checkpoints, memory."""
+
+    definitions: list[AgentConfig] = Field(default_factory=list)
+    mcp_servers: list[MCPServerConfig] = Field(default_factory=list)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    memory_embedding: str | None = Field(
+        None, description="an `embeddings:` name for long-term memory (default: the first)"
+    )
+    resume_on_start: bool = Field(True, description="resume runs a dead process left running")
+    lease_s: float = Field(
+        30.0, gt=0, description="a run whose process sent no heartbeat this long is resumed"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AgentsConfig:
+        for names, key in (
+            ([a.name for a in self.definitions], "definitions"),
+            ([m.name for m in self.mcp_servers], "mcp_servers"),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"agents.{key}: duplicate name(s) {', '.join(dupes)}")
+        return self
+
+
 DEFAULT_MODELS = [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")]
 DEFAULT_EMBEDDINGS = [
     EmbeddingConfig(

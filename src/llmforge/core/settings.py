@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from llmforge.core.config import (
     DEFAULT_EMBEDDINGS,
     DEFAULT_MODELS,
+    AgentsConfig,
     CacheConfig,
     EmbeddingConfig,
     KBConfig,
@@ -57,6 +58,7 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     embeddings: list[EmbeddingConfig] = Field(default_factory=lambda: list(DEFAULT_EMBEDDINGS))
     kb: KBConfig = Field(default_factory=KBConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
     config_path: Path | None = Field(None, exclude=True, description="file loaded, if any")
 
     @classmethod
