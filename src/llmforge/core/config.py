@@ -369,6 +369,55 @@ class AgentsConfig(Section):
         return self
 
 
+# -- observability (llmforge.traces.otel / .drift; docs/workbench.md) ------------------------------
+
+
+class OtelConfig(Section):
+    """OpenTelemetry export of every traced call (GenAI semantic conventions). Off while
+    `endpoint` is unset: nothing leaves the machine unless configured."""
+
+    endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces"
+    )
+    service_name: str = Field("llmforge", min_length=1, description="resource service.name")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="sent with every export, e.g. an auth header"
+    )
+    timeout_s: float = Field(10.0, gt=0, description="one export request, at most")
+    capture_content: bool = Field(
+        False, description="also export prompts and answers (gen_ai.input/output.messages)"
+    )
+
+
+class DriftConfig(Section):
+    """Drift per model: recent traffic against a reference window, fed by the trace writer."""
+
+    enabled: bool = False
+    embedding: str | None = Field(
+        None, description="an `embeddings:` name for prompt vectors (default: the first)"
+    )
+    reference_size: int = Field(200, ge=10, description="calls per model in the reference")
+    window_size: int = Field(100, ge=10, description="most recent calls per model compared")
+    min_samples: int = Field(30, ge=5, description="calls in both windows before judging")
+    embedding_threshold: float = Field(
+        0.5, gt=0, description="prompt centroid shift, in reference spreads, that alarms"
+    )
+    length_threshold: float = Field(
+        0.25, gt=0, description="population stability index of answer lengths that alarms"
+    )
+    rate_threshold: float = Field(
+        0.1, gt=0, le=1, description="change of refusal or error rate that alarms (and z >= 3)"
+    )
+    refusal_patterns: list[str] | None = Field(
+        None, description="regular expressions marking a refusal (default: English + Chinese)"
+    )
+
+
+class ObservabilityConfig(Section):
+    otel: OtelConfig = Field(default_factory=OtelConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
 DEFAULT_MODELS = [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")]
 DEFAULT_EMBEDDINGS = [
     EmbeddingConfig(

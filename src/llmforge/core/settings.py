@@ -25,6 +25,7 @@ from llmforge.core.config import (
     EmbeddingConfig,
     KBConfig,
     ModelConfig,
+    ObservabilityConfig,
     RouterConfig,
     ServerConfig,
     TracesConfig,
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     embeddings: list[EmbeddingConfig] = Field(default_factory=lambda: list(DEFAULT_EMBEDDINGS))
     kb: KBConfig = Field(default_factory=KBConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     config_path: Path | None = Field(None, exclude=True, description="file loaded, if any")
 
     @classmethod
