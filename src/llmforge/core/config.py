@@ -418,6 +418,33 @@ class ObservabilityConfig(Section):
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
+class DistillConfig(Section):
+    """The distillation flywheel (llmforge.distill): where its artifacts live and how the gateway
+    follows its registry and routing policies. The pipeline itself is described by a flywheel file
+    (`llmforge distill run flywheel.yaml`), not here."""
+
+    path: str = Field(
+        ".llmforge/distill",
+        description="folder of datasets, labels, checkpoints, adapters and exported GGUF files",
+    )
+    base_cache: str = Field(
+        "~/.cache/llmforge/distill/base",
+        description="where a GGUF student base is kept after its one-time dequantization to a "
+        "Hugging Face folder (training and merging read that)",
+    )
+    converter_dir: str | None = Field(
+        None,
+        description="folder holding llama.cpp's convert_hf_to_gguf.py and gguf-py (default: "
+        "~/.cache/llmforge/llama.cpp-<llama-cpp-python version>, filled by `make converter`)",
+    )
+    refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="how often a running gateway re-reads routing policies and active distilled "
+        "versions (promote and rollback from another process apply within this)",
+    )
+
+
 DEFAULT_MODELS = [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")]
 DEFAULT_EMBEDDINGS = [
     EmbeddingConfig(
