@@ -22,6 +22,7 @@ from llmforge.core.config import (
     DEFAULT_MODELS,
     AgentsConfig,
     CacheConfig,
+    DistillConfig,
     EmbeddingConfig,
     KBConfig,
     ModelConfig,
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
     kb: KBConfig = Field(default_factory=KBConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     config_path: Path | None = Field(None, exclude=True, description="file loaded, if any")
 
     @classmethod
