@@ -23,6 +23,11 @@ Streams are routed the same way up to their first delta: a stream that fails bef
 anything falls back like any other call; once a delta has been sent, a failure ends the stream with
 an error (and counts against the deployment). The router does not time calls itself: each
 backend enforces its model's `timeout_s`, and a timeout is retried like any other upstream failure.
+
+A `CallPolicy` (optional; the distillation flywheel's canary is one) may serve a chat call its own
+way: it is handed the call's model, messages and sampling and a `serve(model, sampling)` that routes
+to any model as above, and answers, or returns None to leave the call to the router. The router
+knows nothing of what the policy decides.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from llmforge.core.config import RouterConfig
 from llmforge.core.errors import (
@@ -45,13 +50,35 @@ from llmforge.core.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from llmforge.core.types import Completion, Delta
+from llmforge.core.types import Completion, Delta, Message, Sampling, ToolCallDelta
 from llmforge.gateway.call import Call
 from llmforge.models import Deployment, ModelCatalog, TextModel, collect
 
 T = TypeVar("T")
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}  # 529: Anthropic "overloaded"
 CircuitState = Literal["closed", "open", "half_open"]
+Serve = Callable[[str, Sampling], Awaitable[Completion]]
+"""Route the call's messages to the model named, with this sampling (retries, fallbacks)."""
+
+
+class CallPolicy(Protocol):
+    """Serves some chat calls its own way (e.g. a share to a distilled student, escalated to the
+    model asked for when the student is unsure)."""
+
+    async def complete(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        serve: Serve,
+        *,
+        stream: bool,
+        tags: dict[str, str],
+    ) -> Completion | None:
+        """The answer, or None to leave the call to the router. `tags` are the call's traced
+        metadata, which the policy may add to; `stream`: the client reads a stream (the answer
+        is then sent whole, as one piece)."""
+        ...
 
 
 @dataclass
@@ -75,15 +102,22 @@ class Circuit:
 
 
 class Router:
-    def __init__(self, catalog: ModelCatalog, config: RouterConfig) -> None:
+    def __init__(
+        self, catalog: ModelCatalog, config: RouterConfig, policy: CallPolicy | None = None
+    ) -> None:
         self.catalog = catalog
         self.config = config
+        self.policy = policy
         self._inflight: dict[str, int] = {}
         self._circuits: dict[str, Circuit] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
     async def complete(self, call: Call) -> Completion:
+        steered = await self._steer(call)
+        if steered is not None:
+            return steered
+
         async def attempt(dep: Deployment) -> Completion:
             if call.kind == "text":
                 return await collect(_text_stream(dep, call))
@@ -94,6 +128,12 @@ class Router:
         return completion
 
     async def stream(self, call: Call) -> AsyncGenerator[Delta, None]:
+        steered = await self._steer(call)
+        if steered is not None:
+            for delta in _whole(steered):
+                yield delta
+            return
+
         async def attempt(dep: Deployment) -> tuple[AsyncGenerator[Delta, None], Delta]:
             deltas = (
                 _text_stream(dep, call)
@@ -136,14 +176,32 @@ class Router:
         chain = [model, *self.catalog.config(model).fallbacks]
         return list(dict.fromkeys(chain))
 
+    # -- the policy -----------------------------------------------------------------------------
+
+    async def _steer(self, call: Call) -> Completion | None:
+        if self.policy is None or call.kind != "chat":
+            return None
+
+        async def serve(model: str, sampling: Sampling) -> Completion:
+            async def attempt(dep: Deployment) -> Completion:
+                return await dep.backend.complete(call.messages, sampling)
+
+            dep, completion = await self._route(call, attempt, model)
+            self._settle(dep, None)
+            return completion
+
+        return await self.policy.complete(
+            call.model, call.messages, call.sampling, serve, stream=call.stream, tags=call.metadata
+        )
+
     # -- the walk -------------------------------------------------------------------------------
 
     async def _route(
-        self, call: Call, attempt: Callable[[Deployment], Awaitable[T]]
+        self, call: Call, attempt: Callable[[Deployment], Awaitable[T]], model: str | None = None
     ) -> tuple[Deployment, T]:
-        """The first success along the plan, its deployment still acquired (see `_settle`); or
-        the last model's error."""
-        plan = self.plan(call.model)
+        """The first success along the plan of `model` (default: the call's), its deployment still
+        acquired (see `_settle`); or the last model's error."""
+        plan = self.plan(model or call.model)
         error: LLMForgeError | None = None
         for i, model in enumerate(plan):
             if i:
@@ -278,6 +336,16 @@ class Router:
     def _backoff(self, attempt: int) -> float:
         base = self.config.backoff_s * (2**attempt)
         return min(base * random.uniform(0.8, 1.2), self.config.max_backoff_s)
+
+
+def _whole(answer: Completion) -> list[Delta]:
+    """A policy's whole answer as stream pieces: its text, its tool calls, then the finish."""
+    calls = [
+        Delta(tool_calls=(ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments),))
+        for i, c in enumerate(answer.tool_calls)
+    ]
+    text = [Delta(text=answer.text, logprobs=answer.logprobs)] if answer.text else []
+    return [*text, *calls, Delta(finish_reason=answer.finish_reason, usage=answer.usage)]
 
 
 def _text_stream(dep: Deployment, call: Call) -> AsyncGenerator[Delta, None]:
