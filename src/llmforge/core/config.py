@@ -84,6 +84,19 @@ class ModelConfig(Section):
     )
     threads: int | None = Field(None, gt=0, description="CPU threads for local inference")
     max_queue: int = Field(16, ge=0, description="requests that may wait for a busy local model")
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="llamacpp: requests decoded at once by a managed llama-server (continuous "
+        "batching); 1 runs the model in-process, one request at a time (default: 4 per CPU "
+        "core, at most 8)",
+    )
+    llama_server: str | None = Field(
+        None,
+        description="llamacpp with parallel > 1: the llama-server binary (default: the one "
+        "`make` builds in ~/.cache/llmforge/llama.cpp-VERSION/bin)",
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the model's"
     )
