@@ -97,8 +97,11 @@ def migrate(engine: Engine, migrations: Sequence[Migration]) -> list[str]:
         _migrations.create(engine, checkfirst=True)
     except OperationalError as e:
         raise ConfigError(f"database '{engine.url!r}' cannot be opened: {e.orig}") from None
-    except sa.exc.ProgrammingError:
-        pass  # created concurrently by another process
+    except (sa.exc.ProgrammingError, IntegrityError):
+        # created concurrently by another process: PostgreSQL reports the loser's CREATE TABLE as
+        # a duplicate table or as a duplicate row of its catalog, depending on the timing
+        if not sa.inspect(engine).has_table(_migrations.name):
+            raise
     done = applied_migrations(engine)
     applied = []
     for m in migrations:
