@@ -20,6 +20,11 @@ in bounded time even when the database never comes back (writes run on daemon th
 stuck waiting on SQLite's lock does not hold up the process's exit either). A process killed
 between a response and its trace's write (about 50 ms) loses that trace; a batch is never
 half-written.
+
+`observe(fn)` adds a batch observer: after each batch is written, `fn(rows)` is called with its
+rows on the writer's task (never on a request's path). Observers (OpenTelemetry export, drift)
+must return at once, handing heavier work to their own task or thread; one that raises is logged
+and does not stop the writer or the others.
 """
 
 from __future__ import annotations
@@ -258,6 +263,10 @@ class RecorderStats:
         return self.overflow + self.unwritable + self.abandoned
 
 
+BatchObserver = Callable[[Sequence[Trace]], None]
+"""Called with each batch of traces once it is written (see `TraceRecorder.observe`)."""
+
+
 class TraceRecorder:
     """Asynchronous, bounded, batching front of a TraceStore (see the module docstring)."""
 
@@ -277,11 +286,16 @@ class TraceRecorder:
         self._waiting: set[asyncio.Task[None]] = set()  # overflow: traces waiting for room
         self._unwritten: deque[tuple[list[Trace], bool]] = deque()  # the batch being written
         self._deadline: float | None = None  # loop time by which `stop()` gives up
+        self._observers: list[BatchObserver] = []
 
     @property
     def dropped(self) -> int:
         """Traces lost so far (see `stats` for why)."""
         return self.stats.dropped
+
+    def observe(self, observer: BatchObserver) -> None:
+        """Call `observer(rows)` after each batch is written (see the module docstring)."""
+        self._observers.append(observer)
 
     def start(self) -> None:
         if self._task is None:
@@ -397,6 +411,14 @@ class TraceRecorder:
                 parts.popleft()
                 self.stats.written += len(rows)
                 delay = FIRST_RETRY_S
+                self._notify(rows)
+
+    def _notify(self, rows: list[Trace]) -> None:
+        for observer in self._observers:
+            try:
+                observer(rows)
+            except Exception:
+                log.exception("trace batch observer %r failed", observer)
 
     def _split(self, rows: list[Trace], repaired: bool, e: Exception) -> None:
         """Rows the database refused: the repaired batch first, then halves, then a single row
