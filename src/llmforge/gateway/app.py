@@ -44,7 +44,17 @@ from llmforge.gateway.replies import (
 )
 from llmforge.gateway.response_store import ResponseStore
 from llmforge.gateway.router import Router
-from llmforge.gateway.routes import admin, anthropic, evals, kb, openai, ops, responses
+from llmforge.gateway.routes import (
+    admin,
+    agents,
+    anthropic,
+    evals,
+    kb,
+    openai,
+    ops,
+    responses,
+    traces,
+)
 from llmforge.gateway.service import Gateway
 from llmforge.gateway.wire.openai import ErrorBody
 from llmforge.models import ModelCatalog
@@ -54,7 +64,15 @@ log = logging.getLogger(__name__)
 
 Extension = Callable[[FastAPI, AppContext], None]
 LANE: Sequence[LaneRoute] = [*openai.LANE, *anthropic.LANE, *responses.LANE]
-ROUTERS = [ops.router, openai.router, responses.router, admin.router, kb.router, evals.router]
+ROUTERS = [
+    ops.router,
+    openai.router,
+    responses.router,
+    admin.router,
+    kb.router,
+    evals.router,
+    traces.router,
+]
 
 
 class GatewayApp(FastAPI):
@@ -149,6 +167,7 @@ def create_app(
         metrics,
         ResponseStore(engine),
     )
+    traces.install_observability(ctx)  # OpenTelemetry export, drift: off unless configured
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -193,6 +212,7 @@ def create_app(
     for api in ROUTERS:
         app.include_router(api)
     kb.mount_mcp(app, ctx)
+    agents.install(app, ctx)
     for extend in extensions:
         extend(app, ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
