@@ -72,6 +72,7 @@ ROUTERS = [
     kb.router,
     evals.router,
     traces.router,
+    agents.router,
 ]
 
 
