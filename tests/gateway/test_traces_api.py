@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -48,7 +47,7 @@ def wait_for_traces(client: TestClient, n: int, key: str = MASTER) -> list[dict[
         time.sleep(0.05)
 
 
-def chat(client: TestClient, key: str, model: str, text: str) -> httpx.Response:
+def chat(client: TestClient, key: str, model: str, text: str) -> Any:
     return client.post(
         "/v1/chat/completions",
         headers=auth(key),
