@@ -30,6 +30,7 @@ from llmforge import __version__
 from llmforge.core.db import open_engine
 from llmforge.core.errors import LLMForgeError
 from llmforge.core.settings import Settings
+from llmforge.distill import RoutePolicy, served_models
 from llmforge.gateway.admission import KeyAdmission
 from llmforge.gateway.body_limit import BodyLimitMiddleware
 from llmforge.gateway.cache import build_cache
@@ -48,6 +49,7 @@ from llmforge.gateway.routes import (
     admin,
     agents,
     anthropic,
+    distill,
     evals,
     kb,
     openai,
@@ -73,6 +75,7 @@ ROUTERS = [
     evals.router,
     traces.router,
     agents.router,
+    distill.router,
 ]
 
 
@@ -142,10 +145,13 @@ def create_app(
     extensions: tuple[Extension, ...] = (),
 ) -> FastAPI:
     engine = open_engine(settings.database)
-    catalog = catalog or ModelCatalog.from_settings(settings)
+    # distilled models in the registry are served by name; routing policies may steer calls
+    catalog = catalog or ModelCatalog(
+        [*settings.models, *served_models(settings, engine)], settings.embeddings, settings
+    )
     store = TraceStore(engine)
     recorder = TraceRecorder(store, settings.traces.queue_size)
-    router = Router(catalog, settings.router)
+    router = Router(catalog, settings.router, RoutePolicy.from_settings(settings, engine))
     admission = KeyAdmission.from_settings(settings, KeyStore(engine), catalog, router.plan)
     metrics = GatewayMetrics(router, recorder)
     cache = build_cache(settings, engine, catalog)
