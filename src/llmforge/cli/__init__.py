@@ -15,6 +15,7 @@ import typer
 from llmforge import __version__
 from llmforge.core.cli import ConfigOption, settings_for
 from llmforge.core.errors import LLMForgeError
+from llmforge.distill.cli import app as distill_app
 from llmforge.evals.cli import app as evals_app
 from llmforge.gateway.cli import chat
 from llmforge.gateway.keys_cli import app as keys_app
@@ -34,6 +35,7 @@ app.add_typer(traces_app, name="traces")
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.add_typer(evals_app, name="eval")
+app.add_typer(distill_app, name="distill")
 app.command()(chat)
 
 
