@@ -196,10 +196,8 @@ def _doubt(answer: Completion, sampling: Sampling, route: Route) -> str | None:
 
 def open_route(store: DistillStore, model: str, student: str, spec: RouteSpec) -> Route:
     """Create or reset the policy on `model`: a canary at `spec.share` to `student`."""
-    if spec.share and store.active(student) is None:
-        raise InvalidRequestError(
-            f"'{student}' has no active version to route to; export one first.", param="student"
-        )
+    if spec.share:
+        store.require_active(student)
     return store.put_route(
         Route(
             model=model,

@@ -402,14 +402,21 @@ class DistillStore:
             )
         return found
 
+    def require_active(self, name: str) -> ModelVersion:
+        """The active version of `name`, or a 400 saying to export one."""
+        found = self.active(name)
+        if found is None:
+            raise InvalidRequestError(
+                f"'{name}' has no active version to serve; export one first "
+                "(`llmforge distill export`).",
+                param="student",
+            )
+        return found
+
     def set_share(self, model: str, share: float, state: RouteState) -> Route:
         route = self.route(model)
-        if share and self.active(route.student) is None:
-            raise InvalidRequestError(
-                f"'{route.student}' has no active version to serve; export one first "
-                "(`llmforge distill export`).",
-                param="model",
-            )
+        if share:
+            self.require_active(route.student)
         return self.put_route(route.model_copy(update={"share": share, "state": state}))
 
     # -- feedback --------------------------------------------------------------------------
