@@ -514,7 +514,19 @@ class AgentRuntime:
     async def _execute(self, run: AgentRun, command: Any) -> None:
         lock = self._locks.setdefault(run.thread_id, asyncio.Lock())
         async with lock:
-            await self._execute_locked(run, command)
+            try:
+                await self._execute_locked(run, command)
+            except Exception as e:  # before the graph ran (a broken definition): end the run
+                log.exception("agent run %s could not run", run.id)
+                reason = e.message if isinstance(e, LLMForgeError) else f"{type(e).__name__}: {e}"
+                await asyncio.to_thread(
+                    self.store.update,
+                    run.id,
+                    status="failed",
+                    stop_reason=reason,
+                    finished_at=time.time(),
+                )
+                await self._emit(DoneEvent(run_id=run.id, status="failed", stop_reason=reason))
 
     async def _execute_locked(self, run: AgentRun, command: Any) -> None:
         definition = await self.definition(run.agent)
