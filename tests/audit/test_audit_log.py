@@ -3,6 +3,7 @@ on SQLite and on PostgreSQL (where LLMFORGE_TEST_POSTGRES_URL is set)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_rows_chain_and_an_untouched_log_verifies(log: AuditLog) -> None:
     fill(log)
     rows = log.entries()
     assert [r.seq for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert all(b.prev_hash == a.hash for a, b in zip(rows, rows[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
     result = log.verify()
     assert result.ok and result.rows == 6 and result.head_hash == rows[-1].hash
 
