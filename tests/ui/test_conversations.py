@@ -300,3 +300,67 @@ def test_page_loads_nothing_from_outside(client: TestClient) -> None:
     assert "http://" not in page
     assert "https://" not in page
     assert "//cdn" not in client.get("/static/app.js").text
+
+
+SOURCE = {
+    "number": 1,
+    "id": "chunk-1",
+    "kb": "manuals",
+    "source": "/kb/uploads/pump.md",
+    "title": "Pump Manual",
+    "heading": "Maintenance > Seals",
+    "text": "Replace the seals every 2000 hours.",
+    "cited": True,
+}
+
+
+def test_an_answer_keeps_its_sources(client: TestClient) -> None:
+    cid = create(client)["id"]
+    append(client, cid, "user", "When do I replace the seals?")
+    r = client.post(
+        f"/api/conversations/{cid}/messages",
+        json={"role": "assistant", "content": "Every 2000 hours [1].", "sources": [SOURCE]},
+    )
+    assert r.status_code == 201, r.text
+    messages = client.get(f"/api/conversations/{cid}").json()["messages"]
+    assert messages[0]["sources"] is None
+    assert messages[1]["sources"][0]["heading"] == "Maintenance > Seals"
+    assert messages[1]["sources"][0]["cited"] is True
+    bad = client.post(
+        f"/api/conversations/{cid}/messages",
+        json={"role": "assistant", "content": "x", "sources": [{"number": 0}]},
+    )
+    assert bad.status_code == 400
+
+
+def test_only_the_last_message_can_be_deleted(client: TestClient) -> None:
+    cid = create(client)["id"]
+    question = append(client, cid, "user", "Hi")
+    answer = append(client, cid, "assistant", "A bad answer")
+    early = client.delete(f"/api/conversations/{cid}/messages/{question['id']}")
+    assert early.status_code == 404 and "not the last message" in early.text
+    r = client.delete(f"/api/conversations/{cid}/messages/{answer['id']}")
+    assert r.status_code == 200, r.text
+    again = append(client, cid, "assistant", "A better answer")
+    conv = client.get(f"/api/conversations/{cid}").json()
+    assert [m["content"] for m in conv["messages"]] == ["Hi", "A better answer"]
+    assert again["position"] == 1
+    assert client.delete(f"/api/conversations/nope/messages/{again['id']}").status_code == 404
+
+
+def test_a_database_from_before_sources_is_migrated(db_file: Path) -> None:
+    from llmforge.core.db import migrate
+    from llmforge.ui.conversations import MIGRATIONS
+
+    engine = open_engine(f"sqlite:///{db_file}")
+    migrate(engine, MIGRATIONS[:1])  # the tables as the first release made them
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO conversations VALUES ('old', 't', NULL, 1, 1)"))
+        conn.execute(
+            sa.text("INSERT INTO conversation_messages VALUES (1, 'old', 'user', 'hi', 1, 0)")
+        )
+    engine.dispose()
+    with TestClient(create_web_app(web_settings(db_file))) as c:
+        old = c.get("/api/conversations/old").json()["messages"]
+        assert [(m["content"], m["sources"]) for m in old] == [("hi", None)]
+        append(c, "old", "assistant", "still works")

@@ -1,6 +1,9 @@
 """Chat history kept on the server: the `conversations` tables, their store, `/api/conversations`.
 
-A conversation is a titled, ordered list of messages plus the model last picked for it.
+A conversation is a titled, ordered list of messages plus the model last picked for it. An
+assistant message may keep the `sources` its answer cites (answers of knowledge-base models), so
+the page can show them again after a reload. The last message can be deleted (the page's
+"regenerate" replaces the last answer).
 `ConversationStore` is synchronous and transactional (every write is one `engine.begin()` block);
 the routes are plain `def`s, so FastAPI runs those blocking calls in its threadpool. Appending a
 message bumps `updated_at`, and the first user message names an untitled conversation.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -24,10 +28,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from llmforge.core.db import Migration, migrate
 from llmforge.core.errors import NotFoundError
+from llmforge.core.types import Source
 from llmforge.gateway.context import AppContext, Ctx, api_router, authenticate
 from llmforge.gateway.replies import json_response
 
 TITLE_MAX_CHARS = 60
+UNIQUE_POSITION = "uq_conversation_messages_position"
 
 metadata = sa.MetaData()
 conversations = sa.Table(
@@ -53,15 +59,43 @@ conversation_messages = sa.Table(
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
-    sa.UniqueConstraint("conversation_id", "position", name="uq_conversation_messages_position"),
+    sa.Column("sources", sa.JSON),
+    sa.UniqueConstraint("conversation_id", "position", name=UNIQUE_POSITION),
 )
 
 
 def _create(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[conversations, conversation_messages])
+    """The tables as first released (messages without `sources`)."""
+    v1 = sa.MetaData()
+    conversations.to_metadata(v1)
+    sa.Table(
+        "conversation_messages",
+        v1,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column(
+            "conversation_id",
+            sa.String(40),
+            sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("content", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.UniqueConstraint("conversation_id", "position", name=UNIQUE_POSITION),
+    )
+    v1.create_all(conn)
 
 
-MIGRATIONS = [Migration("ui.0001_conversations", _create)]
+def _add_sources(conn: Connection) -> None:
+    ddl = conversation_messages.c.sources.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE conversation_messages ADD COLUMN sources {ddl}"))
+
+
+MIGRATIONS = [
+    Migration("ui.0001_conversations", _create),
+    Migration("ui.0002_message_sources", _add_sources),
+]
 
 Role = Literal["user", "assistant", "system"]
 
@@ -88,6 +122,7 @@ class ConversationPatch(_Body):
 class MessageCreate(_Body):
     role: Role
     content: str
+    sources: list[Source] | None = Field(None, description="the passages the answer cites")
 
 
 class ChatMessage(BaseModel):
@@ -96,6 +131,7 @@ class ChatMessage(BaseModel):
     content: str
     created_at: float
     position: int
+    sources: list[Source] | None = None
 
 
 class ConversationSummary(BaseModel):
@@ -165,6 +201,7 @@ class ConversationStore:
                         conversation_messages.c.content,
                         conversation_messages.c.created_at,
                         conversation_messages.c.position,
+                        conversation_messages.c.sources,
                     )
                     .where(conversation_messages.c.conversation_id == conversation_id)
                     .order_by(conversation_messages.c.position)
@@ -191,7 +228,13 @@ class ConversationStore:
             if gone.rowcount == 0:
                 raise _not_found(conversation_id)
 
-    def append(self, conversation_id: str, role: Role, content: str) -> ChatMessage:
+    def append(
+        self,
+        conversation_id: str,
+        role: Role,
+        content: str,
+        sources: Sequence[Source] | None = None,
+    ) -> ChatMessage:
         now = time.time()
         with self.engine.begin() as conn:
             # The UPDATE comes first: it takes the write lock, so reading the next position is safe.
@@ -209,12 +252,38 @@ class ConversationStore:
                 "content": content,
                 "created_at": now,
                 "position": position,
+                "sources": [s.model_dump() for s in sources] if sources else None,
             }
             insert = conversation_messages.insert().values(**row)
             message_id = conn.execute(insert.returning(conversation_messages.c.id)).scalar_one()
         return ChatMessage(
-            id=message_id, role=role, content=content, created_at=now, position=position
+            id=message_id,
+            role=role,
+            content=content,
+            created_at=now,
+            position=position,
+            sources=list(sources) if sources else None,
         )
+
+    def delete_last(self, conversation_id: str, message_id: int) -> None:
+        """Remove the conversation's last message, which must be `message_id` (a 404 otherwise,
+        so a page working from a stale copy cannot delete an answer it has not seen)."""
+        c = conversation_messages.c
+        with self.engine.begin() as conn:
+            self._touch(conn, conversation_id, {"updated_at": time.time()})
+            last = conn.scalar(
+                sa.select(c.id)
+                .where(c.conversation_id == conversation_id)
+                .order_by(c.position.desc())
+                .limit(1)
+            )
+            if last != message_id:
+                raise NotFoundError(
+                    f"Message {message_id} is not the last message of conversation "
+                    f"'{conversation_id}'; reload the conversation and try again.",
+                    param="message_id",
+                )
+            conn.execute(conversation_messages.delete().where(c.id == message_id))
 
     def summary(self, conversation_id: str) -> ConversationSummary:
         with self.engine.connect() as conn:
@@ -294,5 +363,12 @@ def delete_conversation(ctx: Ctx, conversation_id: str) -> Response:
 
 @router.post("/api/conversations/{conversation_id}/messages", status_code=201)
 def append_message(ctx: Ctx, conversation_id: str, body: MessageCreate) -> Response:
-    message = _store(ctx).append(conversation_id, body.role, body.content)
+    message = _store(ctx).append(conversation_id, body.role, body.content, body.sources)
     return json_response(message.model_dump(), 201)
+
+
+@router.delete("/api/conversations/{conversation_id}/messages/{message_id}")
+def delete_last_message(ctx: Ctx, conversation_id: str, message_id: int) -> Response:
+    """Delete the conversation's last message (regenerating an answer replaces it)."""
+    _store(ctx).delete_last(conversation_id, message_id)
+    return json_response({"id": message_id, "object": "message.deleted", "deleted": True})
