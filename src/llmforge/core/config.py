@@ -458,6 +458,119 @@ class DistillConfig(Section):
     )
 
 
+class GuardTopic(Section):
+    """A topic a moderation guard refuses, described in a few example sentences."""
+
+    name: str = Field(min_length=1)
+    examples: list[str] = Field(min_length=1, description="sentences that are on the topic")
+
+
+class GuardSpec(Section):
+    """One configured guard (`guard.guards[]`). Which keys matter depends on its `type`."""
+
+    name: str = Field(min_length=1, description="what policies call it")
+    type: str = Field(
+        min_length=1,
+        description="a name in the `llmforge.guards` registry: injection, pii, moderation, "
+        "keywords",
+    )
+    action: Literal["allow", "mask", "redact", "refuse", "block"] = Field(
+        "block",
+        description="what a hit does: allow (record and review only), mask (reversible "
+        "placeholders, pii), redact (irreversible, pii), refuse (answer with `refusal`), block "
+        "(400 on input; refusal on output)",
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="score from which a text is a hit (type default if unset)"
+    )
+    entities: list[str] | None = Field(
+        None, description="pii: kinds to find (default: all; see docs/safety.md)"
+    )
+    topics: list[GuardTopic] = Field(default_factory=list, description="moderation: refused")
+    judge: str | None = Field(
+        None, description="moderation: a chat model under `models:` that judges (else embeddings)"
+    )
+    embedding: str | None = Field(
+        None, description="injection, moderation: an `embeddings:` name (default: built-in MiniLM)"
+    )
+    head: str | None = Field(
+        None, description="injection: a head file from `llmforge guard train` (default: built-in)"
+    )
+    rules: bool = Field(True, description="injection: the rules stage runs before the classifier")
+    keywords: list[str] = Field(default_factory=list, description="keywords: words that hit")
+    refusal: str = Field(
+        "I can't help with that request.", description="the answer given instead (refuse/output)"
+    )
+
+
+class GuardPolicy(Section):
+    """Which guards run on a call's input and output."""
+
+    input: list[str] = Field(
+        default_factory=list, description="guard names run on user and tool messages"
+    )
+    output: list[str] = Field(default_factory=list, description="guard names run on the answer")
+    trace: Literal["as_is", "masked"] = Field(
+        "as_is", description="masked: traces (and datasets drawn from them) keep PII masked"
+    )
+    review_sample: float = Field(
+        0.0, ge=0, le=1, description="share of this policy's calls queued for review"
+    )
+
+
+class GuardConfig(Section):
+    """Guards, the policies that combine them, and who gets which. Off unless configured."""
+
+    guards: list[GuardSpec] = Field(default_factory=list)
+    policies: dict[str, GuardPolicy] = Field(default_factory=dict)
+    default: str | None = Field(None, description="policy for calls no other rule names")
+    models: dict[str, str] = Field(default_factory=dict, description="model name -> policy")
+    keys: dict[str, str] = Field(
+        default_factory=dict, description="API key id or name -> policy (beats `models`)"
+    )
+    stream_window: int = Field(
+        200, gt=0, description="characters of a streamed answer checked together; held back"
+    )
+    review_judge: str | None = Field(
+        None, description="a chat model that pre-scores queued reviews"
+    )
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> GuardConfig:
+        names = [g.name for g in self.guards]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"guard.guards: duplicate name(s) {', '.join(dupes)}")
+        for pname, policy in self.policies.items():
+            unknown = [g for g in [*policy.input, *policy.output] if g not in names]
+            if unknown:
+                raise ValueError(
+                    f"guard.policies.{pname}: unknown guard(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(names) or '(none)'}"
+                )
+        for where, mapping in (("models", self.models), ("keys", self.keys)):
+            bad = sorted({p for p in mapping.values() if p not in self.policies})
+            if bad:
+                raise ValueError(
+                    f"guard.{where}: unknown polic(ies) {', '.join(bad)}; "
+                    f"known: {', '.join(self.policies) or '(none)'}"
+                )
+        if self.default and self.default not in self.policies:
+            raise ValueError(f"guard.default: unknown policy '{self.default}'")
+        return self
+
+
+class AuditConfig(Section):
+    """The audit log (key changes, guard verdicts and reviews are always recorded)."""
+
+    requests: bool = Field(
+        False, description="also record every call: ids, model, key, status, SHA-256 of texts"
+    )
+    plaintext: bool = Field(
+        False, description="with requests: keep prompts and answers in clear, not only hashes"
+    )
+
+
 DEFAULT_MODELS = [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")]
 DEFAULT_EMBEDDINGS = [
     EmbeddingConfig(

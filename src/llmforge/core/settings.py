@@ -21,9 +21,11 @@ from llmforge.core.config import (
     DEFAULT_EMBEDDINGS,
     DEFAULT_MODELS,
     AgentsConfig,
+    AuditConfig,
     CacheConfig,
     DistillConfig,
     EmbeddingConfig,
+    GuardConfig,
     KBConfig,
     ModelConfig,
     ObservabilityConfig,
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     config_path: Path | None = Field(None, exclude=True, description="file loaded, if any")
 
     @classmethod
