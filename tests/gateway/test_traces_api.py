@@ -154,6 +154,8 @@ def test_filters_pages_and_time_series(tmp_path: Path) -> None:
         assert stats["totals"]["p50_ms"] == 500.0  # nearest rank over 101 latencies
         assert stats["totals"]["p99_ms"] == 990.0
         assert sum(b["requests"] for b in stats["buckets"]) == 101
+        ages = get("/v1/traces/stats", since=0, until=1e11, buckets=60)  # any range: <= 61
+        assert len(ages["buckets"]) <= 61 and ages["totals"]["requests"] == 102
 
         bad = client.get("/v1/traces", params={"status": "weird"})
         assert bad.status_code == 400

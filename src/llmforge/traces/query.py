@@ -165,7 +165,9 @@ def series(
     if since >= until:
         since = until - 60
     span = until - since
-    width = next((w for w in BUCKET_WIDTHS if span / w <= max_buckets), BUCKET_WIDTHS[-1])
+    width = next((w for w in BUCKET_WIDTHS if span / w <= max_buckets), None)
+    if width is None:  # longer than the widths cover: whole days
+        width = math.ceil(span / max_buckets / 86400) * 86400
     first = math.floor(since / width) * width
     count = max(1, math.ceil((until - first) / width))
     bounded = query.model_copy(update={"since": since, "until": until})
