@@ -112,7 +112,7 @@ def test_budget_stops_a_looping_agent(gw: Live) -> None:
 def test_wall_time_budget_stops_a_slow_run(upstream: tuple[str, object], tmp_path: Path) -> None:
     from llmforge.gateway import create_app
     from tests.agents.conftest import agent_settings
-    from tests.fakes.openai_upstream import Fault, FakeOpenAI
+    from tests.fakes.openai_upstream import FakeOpenAI, Fault
     from tests.fakes.server import serve
 
     base, fake = upstream
