@@ -34,6 +34,12 @@ class Output(BaseModel):
     retrieved: list[str] = Field(
         default_factory=list, description="ranked ids of retrieved items (retrieval runs)"
     )
+    tool_calls: list[str] = Field(
+        default_factory=list, description="agent runs: the tools called, in order"
+    )
+    steps: int | None = Field(None, description="agent runs: model turns taken")
+    cost_usd: float | None = Field(None, description="agent runs: what the run's model calls cost")
+    status: str | None = Field(None, description="agent runs: how the run ended")
 
 
 class Score(BaseModel):
