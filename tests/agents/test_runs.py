@@ -217,3 +217,29 @@ def test_bad_run_requests_are_400s(gw: Live) -> None:
     assert r.status_code == 400
     r = httpx.post(f"{gw.base}/v1/agents/nope/runs", json={"input": "x"})
     assert r.status_code == 404 and "calc" in r.json()["error"]["message"]
+
+
+def test_cli_lists_pending_runs_and_rejects_one(gw: Live) -> None:
+    import json
+    import subprocess
+    import sys
+
+    gw.fake.respond(Reply(calls=(Call("python", '{"code": "print(2)"}'),)))
+    run_id = start(gw.base, "guarded", "run it", thread_id="cli-thread")[-1]["run_id"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llmforge", "agent", *args, "--url", gw.base],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = cli("pending", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["run"] for r in json.loads(listed.stdout)] == [run_id]
+    rejected = cli("reject", run_id, "--reason", "not now", "--json")
+    assert rejected.returncode == 0, rejected.stderr
+    assert json.loads(rejected.stdout)["status"] == "rejected"
+    again = cli("approve", run_id)
+    assert again.returncode == 1 and "not waiting for approval" in again.stderr
