@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from llmforge import __version__
+from llmforge.agents.cli import app as agents_app
 from llmforge.core.cli import ConfigOption, settings_for
 from llmforge.core.errors import LLMForgeError
 from llmforge.distill.cli import app as distill_app
@@ -35,6 +36,7 @@ app.add_typer(traces_app, name="traces")
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.add_typer(evals_app, name="eval")
+app.add_typer(agents_app, name="agent")
 app.add_typer(distill_app, name="distill")
 app.command()(chat)
 
