@@ -1,7 +1,8 @@
 """The gateway's request path without HTTP.
 
-    admission (key scope, rate limits, budget reservation) -> cache lookup -> router
-    (deployments, retries, fallbacks) -> cost and usage -> cache store -> settle -> trace + metrics
+    admission (key scope, rate limits, budget reservation) -> input guards -> cache lookup ->
+    router (deployments, retries, fallbacks) -> cost and usage -> cache store -> output guards ->
+    settle -> trace + metrics
 
 Both the HTTP routes and `llmforge chat` drive a `Call` through `Gateway`, so every call is
 admitted, routed, accounted and traced the same way. The pluggable steps are small protocols; each
@@ -23,6 +24,7 @@ from llmforge.core.types import (
     Delta,
     Embeddings,
     FinishReason,
+    Message,
     ToolCallDelta,
     Usage,
 )
@@ -52,6 +54,33 @@ class CallObserver(Protocol):
     def finished(self, call: Call) -> None: ...
 
 
+class Screen(Protocol):
+    """One call's guards (the guard package's `Screen`): what the model sees, what the client
+    gets, what the trace keeps."""
+
+    @property
+    def masks_traces(self) -> bool: ...
+
+    async def check_input(self, messages: Sequence[Message]) -> list[Message] | Completion:
+        """The messages the model sees, or an answer to give instead (a refusal); raises when
+        a guard blocks the input."""
+        ...
+
+    async def check_output(self, completion: Completion) -> Completion: ...
+
+    def watch(self, deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]: ...
+
+    def scrub(self, text: str) -> str: ...
+
+
+class Guards(Protocol):
+    """Which guards a call gets: None when none apply (then the call pays nothing for them)."""
+
+    def screen(
+        self, model: str, key_id: str | None, key_name: str | None, call_id: str
+    ) -> Screen | None: ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -62,8 +91,10 @@ class Gateway:
         admission: Admission | None = None,
         cache: ResponseCache | None = None,
         observers: Sequence[CallObserver] = (),
+        guards: Guards | None = None,
     ) -> None:
         self.catalog = catalog
+        self.guards = guards
         self.recorder = recorder
         self.router = router or Router(catalog, RouterConfig())
         self.admission = admission
@@ -74,30 +105,38 @@ class Gateway:
     async def complete(self, call: Call) -> Completion:
         self.catalog.config(call.model)  # unknown model: 404 before anything else
         await self._admit(call)
+        screen = self._screen(call)
         try:
-            completion = await self._lookup(call)
+            refusal = await self._check_input(call, screen)
+            completion = refusal or await self._lookup(call)
             if completion is None:
                 completion = await self.router.complete(call)
                 self._account(call, completion.usage)
                 await self._store(call, completion)
+            if screen is not None and refusal is None:
+                completion = await screen.check_output(completion)
             _answered(call, completion, completion.finish_reason)
             return completion
         except BaseException as e:
             _failed(call, e)
             raise
         finally:
-            await self._finish(call)
+            await self._finish(call, screen)
 
     async def stream(self, call: Call) -> AsyncGenerator[Delta, None]:
         """Deltas of the answer. Closing the generator early (client gone) cancels the upstream
         call; the call is settled and traced whichever way it ends."""
         self.catalog.config(call.model)
         await self._admit(call)
+        screen = self._screen(call)
         answer = CompletionBuilder()
+        raw = answer if screen is None else CompletionBuilder()  # what the model said: cached
         cached: Completion | None = None
         try:
-            cached = await self._lookup(call)
+            cached = await self._check_input(call, screen) or await self._lookup(call)
             deltas = replay(cached) if cached else self.router.stream(call)
+            if screen is not None:  # output guards over a sliding window; placeholders restored
+                deltas = screen.watch(_tap(deltas, raw))
             try:
                 async for delta in deltas:
                     if call.ttft_s is None and (delta.text or delta.tool_calls):
@@ -120,9 +159,9 @@ class Gateway:
                 call.status = "cancelled"
             finished = all(c.finish_reason in CACHEABLE for c in complete.choices())
             if cached is None and call.status == "ok" and finished:
-                self._finish_soon(call, complete)
+                self._finish_soon(call, raw.result(call.sampling.logprobs), screen)
             else:
-                self._finish_soon(call)  # no awaiting here: a cancelled stream may not wait
+                self._finish_soon(call, None, screen)  # no awaiting: a cancelled stream may not
 
     async def embed(self, call: Call) -> Embeddings:
         backend = self.catalog.embedder(call.model)
@@ -160,6 +199,27 @@ class Gateway:
             self._record(call)
             raise
 
+    def _screen(self, call: Call) -> Screen | None:
+        if self.guards is None:
+            return None
+        caller = call.caller
+        return self.guards.screen(
+            call.model, caller.key_id if caller else None, caller.name if caller else None, call.id
+        )
+
+    async def _check_input(self, call: Call, screen: Screen | None) -> Completion | None:
+        """Input guards: the messages the model sees are put on the call; a refusal is
+        returned as the answer."""
+        if screen is None:
+            return None
+        checked = await screen.check_input(call.messages)
+        if isinstance(checked, Completion):
+            return checked
+        call.messages = checked
+        if call.kind == "text" and checked:
+            call.prompt = checked[-1].content
+        return None
+
     async def _lookup(self, call: Call) -> Completion | None:
         if self.cache is None or not call.use_cache:
             return None
@@ -174,24 +234,34 @@ class Gateway:
         if call.served_by is not None:
             call.cost_usd = cost_usd(self.catalog.config(call.served_by).price, usage)
 
-    async def _finish(self, call: Call) -> None:
+    async def _finish(self, call: Call, screen: Screen | None = None) -> None:
         if self.admission is not None:
             await self.admission.settle(call)
-        self._record(call)
+        self._record(call, screen)
 
-    def _finish_soon(self, call: Call, answer: Completion | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._store_and_finish(call, answer))
+    def _finish_soon(
+        self, call: Call, answer: Completion | None = None, screen: Screen | None = None
+    ) -> None:
+        work = self._store_and_finish(call, answer, screen)
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _store_and_finish(self, call: Call, answer: Completion | None) -> None:
+    async def _store_and_finish(
+        self, call: Call, answer: Completion | None, screen: Screen | None
+    ) -> None:
         try:
             if answer is not None:
                 await self._store(call, answer)
         finally:
-            await self._finish(call)
+            await self._finish(call, screen)
 
-    def _record(self, call: Call) -> None:
+    def _record(self, call: Call, screen: Screen | None = None) -> None:
+        if screen is not None and screen.masks_traces:  # traces keep personal data masked
+            call.messages = [
+                m.model_copy(update={"content": screen.scrub(m.content)}) for m in call.messages
+            ]
+            call.output, call.prompt = screen.scrub(call.output), screen.scrub(call.prompt)
         for observer in self.observers:
             observer.finished(call)
         if self.recorder is not None:
@@ -212,6 +282,18 @@ def _failed(call: Call, error: BaseException) -> None:
         call.status, call.error, call.error_type = "error", repr(error), type(error).__name__
     else:  # cancelled: the client went away
         call.status = "cancelled"
+
+
+async def _tap(
+    deltas: AsyncGenerator[Delta, None], into: CompletionBuilder
+) -> AsyncGenerator[Delta, None]:
+    """`deltas`, each also added to `into`; closing it closes `deltas`."""
+    try:
+        async for delta in deltas:
+            into.add(delta)
+            yield delta
+    finally:
+        await deltas.aclose()
 
 
 async def replay(completion: Completion) -> AsyncGenerator[Delta, None]:
