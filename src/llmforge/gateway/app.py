@@ -49,8 +49,10 @@ from llmforge.gateway.routes import (
     admin,
     agents,
     anthropic,
+    audit,
     distill,
     evals,
+    guard,
     kb,
     openai,
     ops,
@@ -76,6 +78,8 @@ ROUTERS = [
     traces.router,
     agents.router,
     distill.router,
+    guard.router,
+    audit.router,
 ]
 
 
@@ -155,13 +159,16 @@ def create_app(
     admission = KeyAdmission.from_settings(settings, KeyStore(engine), catalog, router.plan)
     metrics = GatewayMetrics(router, recorder)
     cache = build_cache(settings, engine, catalog)
+    guards = guard.build(settings, engine, catalog)  # None without policies: no guard code runs
+    auditors = audit.observers(engine, settings.audit)
     gateway = Gateway(
         catalog,
         recorder if settings.traces.enabled else None,
         router=router,
         admission=admission,
         cache=cache,
-        observers=[metrics],
+        observers=[metrics, *auditors],
+        guards=guards,
     )
     ctx = AppContext(
         settings,
@@ -174,6 +181,9 @@ def create_app(
         metrics,
         ResponseStore(engine),
     )
+    guard.install(ctx, guards)
+    if auditors:  # closed with the app: its last rows written
+        ctx.shared("audit.requests", lambda: auditors[0])
     traces.install_observability(ctx)  # OpenTelemetry export, drift: off unless configured
 
     @asynccontextmanager
