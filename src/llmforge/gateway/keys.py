@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, computed_field
 from sqlalchemy.engine import Connection, Engine
 
+from llmforge import audit
 from llmforge.core.db import Migration, migrate, sortable_id
 from llmforge.core.errors import (
     AuthenticationError,
@@ -146,7 +147,7 @@ class CreatedKey(BaseModel):
 class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        migrate(engine, MIGRATIONS)
+        migrate(engine, [*MIGRATIONS, *audit.MIGRATIONS])
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -159,8 +160,10 @@ class KeyStore:
         tpm: int | None = None,
         budget_usd: float | None = None,
         known_models: Collection[str] | None = None,
+        actor: str | None = None,
     ) -> CreatedKey:
-        """A new key. `known_models`, when given, is what `models` must be drawn from."""
+        """A new key. `known_models`, when given, is what `models` must be drawn from. Recorded
+        in the audit log (by `actor`) in the same transaction."""
         name = name.strip()
         if not name:
             raise InvalidRequestError("A key needs a non-empty name.", param="name")
@@ -196,6 +199,19 @@ class KeyStore:
                     created_at=time.time(),
                 )
             )
+            audit.record(
+                conn,
+                "key.created",
+                actor=actor,
+                subject=key_id,
+                data={
+                    "name": name,
+                    "models": scope,
+                    "rpm": rpm,
+                    "tpm": tpm,
+                    "budget_usd": budget_usd,
+                },
+            )
         return CreatedKey(key=secret, record=self.get(key_id))
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
@@ -212,14 +228,17 @@ class KeyStore:
             raise NotFoundError(f"No API key '{key_id}'. List them with `llmforge keys list`.")
         return ApiKey.from_row(row)
 
-    def revoke(self, key_id: str) -> ApiKey:
-        """Revoke a key (idempotent); it stops working at once and stays listed with its spend."""
+    def revoke(self, key_id: str, *, actor: str | None = None) -> ApiKey:
+        """Revoke a key (idempotent); it stops working at once and stays listed with its spend.
+        A revocation is recorded in the audit log in the same transaction."""
         with self.engine.begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
+            if done.rowcount == 1:
+                audit.record(conn, "key.revoked", actor=actor, subject=key_id)
         return self.get(key_id)
 
     def lookup(self, secret: str) -> ApiKey | None:
