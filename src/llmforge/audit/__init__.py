@@ -12,6 +12,7 @@ Kinds in use: `key.created`, `key.revoked`, `guard.verdict`, `guard.review`, `re
 from llmforge.audit.export import ExportHead, export, export_lines, verify_file
 from llmforge.audit.log import (
     GENESIS,
+    MIGRATIONS,
     AuditEntry,
     AuditLog,
     Problem,
@@ -22,6 +23,7 @@ from llmforge.audit.log import (
 
 __all__ = [
     "GENESIS",
+    "MIGRATIONS",
     "AuditEntry",
     "AuditLog",
     "ExportHead",

@@ -262,7 +262,11 @@ def _append(
     data: Mapping[str, Any],
 ) -> AuditEntry:
     if not sa.inspect(conn).has_table(audit_head.name):
-        for m in MIGRATIONS:  # a caller's own transaction, on a database without the log yet
+        # a caller's own transaction on a database without the log yet: create it there, and
+        # record the steps as `migrate` would (it may not run beside this open transaction)
+        applied = sa.table("llmforge_migrations", sa.column("id"))
+        for m in MIGRATIONS:
+            conn.execute(applied.insert().values(id=m.id))
             m.apply(conn)
     h = audit_head.c
     # Taking the head first locks it (SQLite: the write lock; PostgreSQL: the row) until commit,
