@@ -14,12 +14,14 @@ import typer
 
 from llmforge import __version__
 from llmforge.agents.cli import app as agents_app
+from llmforge.audit.cli import app as audit_app
 from llmforge.core.cli import ConfigOption, settings_for
 from llmforge.core.errors import LLMForgeError
 from llmforge.distill.cli import app as distill_app
 from llmforge.evals.cli import app as evals_app
 from llmforge.gateway.cli import chat
 from llmforge.gateway.keys_cli import app as keys_app
+from llmforge.guard.cli import app as guard_app
 from llmforge.kb.cli import app as kb_app
 from llmforge.models.cli import app as models_app
 from llmforge.traces.cli import app as traces_app
@@ -38,6 +40,8 @@ app.add_typer(kb_app, name="kb")
 app.add_typer(evals_app, name="eval")
 app.add_typer(agents_app, name="agent")
 app.add_typer(distill_app, name="distill")
+app.add_typer(guard_app, name="guard")
+app.add_typer(audit_app, name="audit")
 app.command()(chat)
 
 
