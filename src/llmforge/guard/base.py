@@ -87,7 +87,7 @@ class GuardBlockedError(InvalidRequestError):
         self.code = verdict.code or "guard_blocked"
         review = f" It was queued for review as {review_id}." if review_id else ""
         super().__init__(
-            f"Blocked by guard '{verdict.guard}': {verdict.reason or verdict.code} "
+            f"Blocked by guard '{verdict.guard}' [{self.code}]: {verdict.reason or verdict.code} "
             f"(score {verdict.score:.2f}).{review} If this is a mistake, rephrase the request, or "
             f"ask the administrator to review it or raise the threshold of guard "
             f"'{verdict.guard}' under `guard.guards` in llmforge.yaml.",
