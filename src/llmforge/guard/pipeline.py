@@ -55,8 +55,8 @@ from llmforge.guard.review import NewReview, ReviewQueue, judge_score
 from llmforge.models.base import ChatModel
 
 log = logging.getLogger(__name__)
-HOLD_BACK = 64  # characters of a stream kept back after each check, so a value across two
-# windows is seen whole by the next check
+HOLD_BACK = 64  # at most: characters of a stream kept back after each check (half the window),
+# so a value across two windows is seen whole by the next check
 
 
 def register_builtins() -> None:
@@ -408,6 +408,7 @@ class Screen:
         """The stream as the client gets it (see the module docstring). Closing it closes
         `deltas`, which stops the backend."""
         window = self.pipeline.config.stream_window
+        hold_back = min(HOLD_BACK, window // 2)
         pending: dict[int, str] = {}
         released: dict[int, str] = {}
         logprobs: dict[int, list[TokenLogprob]] = {}
@@ -416,7 +417,7 @@ class Screen:
 
         async def release(choice: int, final: bool) -> tuple[str, bool]:
             text = pending.get(choice, "")
-            hold = "" if final or len(text) <= HOLD_BACK else text[-HOLD_BACK:]
+            hold = "" if final or len(text) <= hold_back else text[-hold_back:]
             text = text[: len(text) - len(hold)] if hold else text
             context = released.get(choice, "")[-window:]
             if guarded:

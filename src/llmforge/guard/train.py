@@ -178,9 +178,7 @@ def _fit(
     return vectorizer, model
 
 
-def _predict(
-    vectorizer: Any, model: Any, texts: Sequence[str], emb: np.ndarray
-) -> np.ndarray:
+def _predict(vectorizer: Any, model: Any, texts: Sequence[str], emb: np.ndarray) -> np.ndarray:
     from scipy.sparse import csr_matrix, hstack
 
     x = hstack([vectorizer.transform(texts), csr_matrix(emb)]).tocsr()
