@@ -1,14 +1,15 @@
 """Database engine and migrations.
 
 `open_engine(url)` returns a SQLAlchemy 2 engine: SQLite in WAL mode (the default, a file under
-`.llmforge/`) or PostgreSQL by URL. Schema changes are ordered `Migration`s that each package owns;
-`migrate()` applies the ones not yet recorded in `llmforge_migrations`, each in its own transaction,
-so an interrupted upgrade never leaves a half-applied step and re-running is always safe. This
-module knows no package's tables.
+`.llmforge/`) or PostgreSQL by URL (where text stores NUL as U+FFFD, see `_postgres_text`).
+Schema changes are ordered `Migration`s that each package owns; `migrate()` applies the ones not
+yet recorded in `llmforge_migrations`, each in its own transaction, so an interrupted upgrade never
+leaves a half-applied step and re-running is always safe. This module knows no package's tables.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,8 @@ def open_engine(url: str) -> Engine:
     engine = sa.create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+    elif parsed.get_driver_name() == "psycopg":
+        sa.event.listen(engine, "connect", _postgres_text)
     return engine
 
 
@@ -82,6 +85,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _postgres_text(dbapi_conn: Any, _record: Any) -> None:
+    """PostgreSQL's text cannot hold NUL ("\\x00", which a JSON escape can carry), where SQLite's
+    can: strings are sent with U+FFFD in its place, so a row that SQLite stores is not refused
+    (a trace lost, a 500 on a conversation). Inside JSON values it is escaped and kept as is."""
+    for dumper in _nul_safe_dumpers():
+        dbapi_conn.adapters.register_dumper(str, dumper)
+
+
+@functools.cache
+def _nul_safe_dumpers() -> tuple[type, ...]:
+    from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
+
+    def nul_safe(base: Any) -> type:
+        def dump(self: Any, obj: str) -> Any:
+            return base.dump(self, obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+        return type(f"NulSafe{base.__name__}", (base,), {"dump": dump})
+
+    return nul_safe(StrDumperUnknown), nul_safe(StrBinaryDumper)
 
 
 def applied_migrations(engine: Engine) -> set[str]:
