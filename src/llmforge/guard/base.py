@@ -53,7 +53,8 @@ class Verdict(BaseModel):
 
     @property
     def hit(self) -> bool:
-        return self.action != "allow" or bool(self.spans)
+        """Whether the guard found something (an `allow` action may still be a hit to record)."""
+        return bool(self.code)
 
 
 @runtime_checkable

@@ -243,6 +243,7 @@ class Screen:
         self.model, self.key_id, self.call_id = model, key_id, call_id
         self.vault = Vault()
         self.verdicts: list[Verdict] = []
+        self._flagged: set[str] = set()  # output guards whose allowed hit was reported
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Screen:
         hits = [
             (v, i, g, w)
             for v, (i, g, w) in zip(verdicts, jobs, strict=True)
-            if v.action != "allow" or (v.stage != "rules" and v.score > 0 and v.spans)
+            if v.code  # a hit (an allowed text carries no code)
         ]
         self.verdicts.extend(verdicts)
         await self._sample(out, new_turn)
@@ -399,8 +400,9 @@ class Screen:
                     for s in v.spans
                     if s.end > len(context) and not _is_placeholder(whole, s)
                 )
-            elif v.action == "allow" and v.spans:
-                continue
+            elif v.code and g.spec.name not in self._flagged:  # allowed, but a hit: once a call
+                self._flagged.add(g.spec.name)
+                await self._report(v, g.spec, self._masked_copy(whole), "output")
         spans = [s.model_copy(update={"start": max(s.start, 0)}) for s in spans]
         return (redact(text, spans) if spans else text), None
 
