@@ -234,3 +234,14 @@ def test_hits_go_through_the_review_queue_into_the_audit_log(live: tuple[str, Fa
     assert all("FreeBot" not in orjson.dumps(e).decode() for e in entries)  # hashes, not text
     verified = httpx.get(f"{base}/v1/audit/verify", headers=AUTH).json()
     assert verified["ok"] and verified["rows"] == len(entries)
+
+
+def test_the_review_page_is_served_with_its_script(live: tuple[str, FastAPI]) -> None:
+    base, _ = live
+    page = httpx.get(f"{base}/guard/review")
+    assert page.status_code == 200 and '<script src="/guard/review.js">' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    script = httpx.get(f"{base}/guard/review.js")
+    assert "/v1/guard/reviews" in script.text and script.headers["content-type"].startswith(
+        "text/javascript"
+    )
