@@ -105,7 +105,9 @@ def _nul_safe_dumpers() -> tuple[type, ...]:
 
         return type(f"NulSafe{base.__name__}", (base,), {"dump": dump})
 
-    return nul_safe(StrDumperUnknown), nul_safe(StrBinaryDumper)
+    # in psycopg's order: the text dumper registered last is the one `%s` uses (an untyped
+    # literal the server casts to what the column needs, e.g. pgvector's `vector`)
+    return nul_safe(StrBinaryDumper), nul_safe(StrDumperUnknown)
 
 
 def applied_migrations(engine: Engine) -> set[str]:
