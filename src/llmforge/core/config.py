@@ -228,6 +228,9 @@ class KBConfig(Section):
     qdrant_path: str | None = Field(
         None, description="store qdrant without url: local folder (default: inside the KB's folder)"
     )
+    pgvector_url: str | None = Field(
+        None, description="store pgvector: PostgreSQL URL of the vectors' database (required)"
+    )
     embedding: str | None = Field(None, description="an `embeddings:` name (default: the first)")
     embedding_backend: Literal["onnx-int8", "onnx", "torch", "as-configured"] = Field(
         "onnx-int8",
