@@ -60,9 +60,10 @@ def server_url(env: str, what: str) -> str:
 
 
 @contextmanager
-def postgres_schema(server: str) -> Iterator[str]:
+def postgres_schema(server: str, extension: str | None = None) -> Iterator[str]:
     """A fresh, empty schema on the PostgreSQL at `server`, as a URL whose connections see only it
-    (search_path); dropped afterwards with whatever connections the test left open."""
+    (search_path) and, with `extension`, that extension's objects (kept in `public`); dropped
+    afterwards with whatever connections the test left open."""
     import sqlalchemy as sa
 
     name = f"t_{secrets.token_hex(6)}"
@@ -70,8 +71,11 @@ def postgres_schema(server: str) -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA {name}")
+            if extension:
+                conn.exec_driver_sql(f"CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA public")
+        path = f"{name},public" if extension else name
         url = sa.make_url(server).update_query_dict(
-            {"options": f"-csearch_path={name}", "application_name": name}
+            {"options": f"-csearch_path={path}", "application_name": name}
         )
         yield url.render_as_string(hide_password=False)
     finally:
@@ -88,6 +92,14 @@ def postgres_schema(server: str) -> Iterator[str]:
 def postgres_url() -> Iterator[str]:
     """A fresh schema on the test PostgreSQL (skipped without LLMFORGE_TEST_POSTGRES_URL)."""
     with postgres_schema(server_url(POSTGRES_ENV, "a PostgreSQL")) as url:
+        yield url
+
+
+@pytest.fixture
+def pgvector_url() -> Iterator[str]:
+    """A fresh schema on the test PostgreSQL with pgvector (skipped without
+    LLMFORGE_TEST_PGVECTOR_URL)."""
+    with postgres_schema(server_url(PGVECTOR_ENV, "a PostgreSQL with pgvector"), "vector") as url:
         yield url
 
 

@@ -44,7 +44,10 @@ VECTORS = [unit(1, 0, 0, 0), unit(0.9, 0.1, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 
 
 @pytest.fixture(params=vector_stores.names())
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
-    spec = StoreSpec(tmp_path / "kb", "llmforge_kb_test", 4, KBConfig(path=str(tmp_path)))
+    config = KBConfig(path=str(tmp_path))
+    if request.param == "pgvector":  # a server by URL: a fresh schema on the test PostgreSQL
+        config = KBConfig(path=str(tmp_path), pgvector_url=request.getfixturevalue("pgvector_url"))
+    spec = StoreSpec(tmp_path / "kb", "llmforge_kb_test", 4, config)
     (tmp_path / "kb").mkdir()
     made = vector_stores.get(request.param)(spec)
     assert isinstance(made, VectorStore)
@@ -54,7 +57,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStor
 
 
 def test_builtins_are_registered() -> None:
-    assert {"lancedb", "qdrant"} <= set(vector_stores.names())
+    assert {"lancedb", "qdrant", "pgvector"} <= set(vector_stores.names())
 
 
 def test_search_returns_nearest_first_with_cosine_scores(store: VectorStore) -> None:
