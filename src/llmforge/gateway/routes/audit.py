@@ -23,7 +23,7 @@ import threading
 from typing import Any
 
 from fastapi import Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from sqlalchemy.engine import Engine
 
 from llmforge.audit import AuditLog, export_lines
@@ -34,6 +34,13 @@ from llmforge.gateway.replies import json_response
 
 log = logging.getLogger(__name__)
 router = api_router(tags=["audit"], dependencies=[MasterOnly])
+MAX_SEQ = 2**62  # sequence numbers are 64-bit
+
+
+class NdjsonResponse(Response):
+    """JSON lines (documented as such in /openapi.json)."""
+
+    media_type = "application/x-ndjson"
 
 
 def _log(ctx: AppContext) -> AuditLog:
@@ -49,7 +56,7 @@ async def verify(ctx: Ctx, expect_head: str | None = None) -> Response:
 @router.get("/v1/audit/entries")
 async def entries(
     ctx: Ctx,
-    after: int = Query(0, ge=0),
+    after: int = Query(0, ge=0, le=MAX_SEQ),
     limit: int = Query(100, ge=1, le=1000),
     kind: str | None = None,
 ) -> Response:
@@ -57,10 +64,10 @@ async def entries(
     return json_response({"data": [r.model_dump(mode="json") for r in rows]})
 
 
-@router.get("/v1/audit/export")
-async def export(ctx: Ctx, after: int = Query(0, ge=0)) -> Response:
+@router.get("/v1/audit/export", response_class=NdjsonResponse)
+async def export(ctx: Ctx, after: int = Query(0, ge=0, le=MAX_SEQ)) -> Response:
     lines = await asyncio.to_thread(lambda: list(export_lines(_log(ctx), after=after)))
-    return StreamingResponse(iter(lines), media_type="application/x-ndjson")
+    return NdjsonResponse(b"".join(lines))
 
 
 def _sha(text: str) -> str:

@@ -35,6 +35,12 @@ router = api_router(tags=["guard"])
 PIPELINE = "guard.pipeline"
 
 
+class NdjsonResponse(Response):
+    """JSON lines (documented as such in /openapi.json)."""
+
+    media_type = "application/x-ndjson"
+
+
 def build(settings: Settings, engine: Engine, catalog: ModelCatalog) -> GuardPipeline | None:
     """The app's guards, or None when no policy is configured."""
     if not settings.guard.policies:
@@ -114,10 +120,10 @@ async def list_reviews(
     return json_response({"data": [i.model_dump(mode="json") for i in items]})
 
 
-@router.get("/v1/guard/reviews/export", dependencies=[MasterOnly])
+@router.get("/v1/guard/reviews/export", dependencies=[MasterOnly], response_class=NdjsonResponse)
 async def export_reviews(ctx: Ctx, guard_type: str | None = "injection") -> Response:
     lines = await asyncio.to_thread(lambda: list(_reviews(ctx).export_labelled(guard_type)))
-    return Response(b"".join(lines), media_type="application/x-ndjson")
+    return NdjsonResponse(b"".join(lines))
 
 
 @router.get("/v1/guard/reviews/{review_id}", dependencies=[MasterOnly])
