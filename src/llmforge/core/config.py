@@ -147,6 +147,12 @@ class ServerConfig(Section):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="larger request bodies get 413")
     preload: bool = Field(True, description="load local models at start-up instead of first use")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="gateway processes sharing the port; above 1, keys' limits and the cache are "
+        "shared only through redis_url and cache.backend redis (or the database)",
+    )
     budget_wait_s: float = Field(
         5.0,
         ge=0,
