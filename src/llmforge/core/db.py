@@ -110,6 +110,13 @@ def _nul_safe_dumpers() -> tuple[type, ...]:
     return nul_safe(StrBinaryDumper), nul_safe(StrDumperUnknown)
 
 
+def _has_migrations_table(engine: Engine) -> bool:
+    try:
+        return sa.inspect(engine).has_table(_migrations.name)
+    except OperationalError:
+        return False
+
+
 def applied_migrations(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(_migrations.name):
@@ -121,12 +128,12 @@ def migrate(engine: Engine, migrations: Sequence[Migration]) -> list[str]:
     """Apply the migrations not yet recorded, in order; return the ids applied now."""
     try:
         _migrations.create(engine, checkfirst=True)
-    except OperationalError as e:
-        raise ConfigError(f"database '{engine.url!r}' cannot be opened: {e.orig}") from None
-    except (sa.exc.ProgrammingError, IntegrityError):
-        # created concurrently by another process: PostgreSQL reports the loser's CREATE TABLE as
-        # a duplicate table or as a duplicate row of its catalog, depending on the timing
-        if not sa.inspect(engine).has_table(_migrations.name):
+    except (OperationalError, sa.exc.ProgrammingError, IntegrityError) as e:
+        # created concurrently by another process? SQLite says "already exists" as an
+        # OperationalError; PostgreSQL as a duplicate table or a duplicate row of its catalog
+        if not _has_migrations_table(engine):
+            if isinstance(e, OperationalError):
+                raise ConfigError(f"database '{engine.url!r}' cannot be opened: {e.orig}") from None
             raise
     done = applied_migrations(engine)
     applied = []
