@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -72,6 +72,10 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Gateway processes sharing the port (server.workers)."),
+    ] = None,
 ) -> None:
     """Start the OpenAI-compatible API and the web UI."""
     import uvicorn
@@ -81,16 +85,31 @@ def serve(
     settings = settings_for(ctx, config)
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
-    web = create_web_app(settings)
+    workers = workers or settings.server.workers
+    app: Any = create_web_app(settings)  # built here too, so a bad config fails before forking
+    if workers > 1:
+        # each worker builds its own app from the same file and environment (cli/worker.py)
+        if settings.config_path is not None:
+            os.environ["LLMFORGE_CONFIG"] = str(settings.config_path.resolve())
+        app = "llmforge.cli.worker:web_app"
+        if not settings.redis_url:
+            typer.echo(
+                "warning: several workers without redis_url: each keeps its own rate-limit "
+                "counters (a key's rpm/tpm is allowed once per worker) and memory cache",
+                err=True,
+            )
     typer.echo(
         f"LLMForge {__version__}: chat at http://{host}:{port}/  API at http://{host}:{port}/v1"
+        + (f"  ({workers} workers)" if workers > 1 else "")
     )
     # No per-request work nobody reads: access log, Server/Date headers, X-Forwarded-* rewriting
     # (limits and budgets go by API key, not client address).
     uvicorn.run(
-        web,
+        app,
         host=host,
         port=port,
+        workers=workers if workers > 1 else None,
+        factory=workers > 1,
         log_level="warning",
         access_log=False,
         proxy_headers=False,
