@@ -133,11 +133,10 @@ def test_every_migration_builds_the_same_schema_on_postgresql_as_on_sqlite(
     assert migrate(postgres_engine, steps) == []
 
 
-def test_processes_starting_together_on_postgresql_apply_each_step_once(
-    postgres_engine: sa.Engine,
-) -> None:
+def test_processes_starting_together_apply_each_step_once(database_url: str) -> None:
+    """Several gateway workers starting at once on a new database (`serve --workers N`)."""
     steps = all_migrations()
-    url = postgres_engine.url.render_as_string(hide_password=False)
+    url = database_url
     results: list[list[str]] = []
     errors: list[BaseException] = []
     gate = threading.Barrier(4)
@@ -160,4 +159,4 @@ def test_processes_starting_together_on_postgresql_apply_each_step_once(
     assert errors == []
     applied = [m for r in results for m in r]
     assert sorted(applied) == sorted(m.id for m in steps)  # each step once, by someone
-    assert applied_migrations(postgres_engine) == {m.id for m in steps}
+    assert applied_migrations(open_engine(url)) == {m.id for m in steps}
