@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint typecheck bench browser redis postgres clean
+.PHONY: run test install lint typecheck bench browser redis postgres clean llama-src llama-tools
 
 # llama-cpp-python is built from source once, for a portable x86-64 (AVX2) target rather than
 # -march=native, and the wheel kept outside the repo: a native build on a CPU with AMX crashes in
@@ -33,7 +33,44 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+# The llama-cpp-python sdist, downloaded and unpacked once outside the repo: its vendor/llama.cpp is
+# the llama.cpp this install runs (the tools below are built from it; its convert_*.py scripts and
+# gguf-py are there too). Shared by every target that needs llama.cpp's sources.
+LLAMA_CACHE   := $(HOME)/.cache/llmforge
+LLAMA_SDIST   := $(LLAMA_CACHE)/sdist
+LLAMA_SRC     := $(LLAMA_SDIST)/llama_cpp_python-$(LLAMA_CPP_VERSION)
+LLAMA_CPP_SRC := $(LLAMA_SRC)/vendor/llama.cpp
+$(LLAMA_SRC)/.extracted: | $(STAMP)
+	mkdir -p $(LLAMA_SDIST)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(LLAMA_SDIST)
+	tar -xzf $(LLAMA_SDIST)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SDIST)
+	@touch $@
+llama-src: $(LLAMA_SRC)/.extracted
+
+# llama.cpp's own llama-server (the engine behind a `llamacpp` model with `parallel` > 1, see
+# docs/decisions.md) and llama-quantize, built with cmake from that source for the same portable
+# target as the wheel (no -march=native), niced, into ~/.cache/llmforge/llama.cpp-VERSION/bin.
+# Without it (no network, a failed build) local models run in-process and its tests are skipped.
+LLAMA_TOOLS  := $(LLAMA_CACHE)/llama.cpp-$(LLAMA_CPP_VERSION)
+LLAMA_SERVER := $(LLAMA_TOOLS)/bin/llama-server
+$(LLAMA_SERVER): | $(LLAMA_SRC)/.extracted
+	@echo "building llama-server and llama-quantize $(LLAMA_CPP_VERSION) (about 7 minutes, once)"
+	nice -n 10 cmake -S $(LLAMA_CPP_SRC) -B $(LLAMA_TOOLS)/build -DCMAKE_BUILD_TYPE=Release \
+		-DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
+	nice -n 10 cmake --build $(LLAMA_TOOLS)/build --config Release --parallel $$(nproc) \
+		--target llama-server llama-quantize >/dev/null
+	mkdir -p $(LLAMA_TOOLS)/bin
+	cp $(LLAMA_TOOLS)/build/bin/llama-quantize $(LLAMA_TOOLS)/bin/
+	cp $(LLAMA_TOOLS)/build/bin/llama-server $(LLAMA_SERVER).tmp && mv $(LLAMA_SERVER).tmp $(LLAMA_SERVER)
+	rm -rf $(LLAMA_TOOLS)/build
+llama-tools:
+	@test -x $(LLAMA_SERVER) || $(MAKE) --no-print-directory $(LLAMA_SERVER) || \
+		echo "warning: could not build llama-server; local models run in-process"
+
+run: install llama-tools
 	$(BIN)/llmforge serve $(ARGS)
 
 # Headless Chromium for the browser tests (Debian packages).
@@ -80,7 +117,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install browser redis postgres lint typecheck
+test: install llama-tools browser redis postgres lint typecheck
 	LLMFORGE_TEST_REDIS_URL="$${LLMFORGE_TEST_REDIS_URL:-$$(redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 \
 		&& echo redis://127.0.0.1:$(REDIS_PORT)/15)}" \
 	LLMFORGE_TEST_POSTGRES_URL="$${LLMFORGE_TEST_POSTGRES_URL:-$$($(PG_CLUSTER) url --port $(PG_PORT))}" \
