@@ -21,6 +21,9 @@ one token at a time, for one answer or several answers to the same prompt.
 - **Text** leaves as UTF-8-safe pieces: the bytes of a character split across tokens wait for the
   rest of it.
 
+`Vocab` is the tokenizer alone (text <-> tokens, end-of-generation tokens), which the llama-server
+engine uses too (it loads the vocabulary only, not the weights).
+
 Does not know chat templates, tools, stop sequences, threads or queues. Not thread-safe, except
 `tokenize` (one worker thread owns a decoder; see `LlamaCppChatModel.count_prompt_tokens`).
 """
@@ -62,35 +65,27 @@ class Step:
     logprob: TokenLogprob | None = None
 
 
-class Decoder:
-    """Decodes with one loaded `llama_cpp.Llama`."""
+class Vocab:
+    """The tokenizer of one loaded `llama_cpp.Llama` (weights or `vocab_only`): text <-> tokens.
+    Reads the vocabulary only, so any thread may use it while a decoder decodes (llama.cpp's
+    server tokenizes on its HTTP threads the same way)."""
 
     def __init__(self, llm: Any) -> None:
         from llama_cpp import llama_cpp
 
         self._c = llama_cpp
-        self.llm = llm
-        self._vocab = llm._model.vocab
+        self.handle = llm._model.vocab
         self.n_vocab = int(llm.n_vocab())
-        self.n_ctx = int(llm.n_ctx())
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.handle))
         self._pieces: dict[int, bytes] = {}
-        self._ids = np.arange(self.n_vocab, dtype=np.int32)
-        self._cur = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
-        self._one = np.zeros(1, dtype=_TOKEN_DATA)
-        self._prompt_logits: Logits | None = None
-        self._n_prompt = 0
-
-    # -- text <-> tokens ------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool, add_bos: bool = False) -> list[int]:
-        """Tokens of `text`. Reads the vocabulary only, so it may run on another thread while
-        this decoder decodes (llama.cpp's server tokenizes on its HTTP threads the same way)."""
+        """Tokens of `text`."""
         data = text.encode("utf-8")
         size = len(data) + 16
         for _ in range(2):
             buf = (self._c.llama_token * size)()
-            n = self._c.llama_tokenize(self._vocab, data, len(data), buf, size, add_bos, special)
+            n = self._c.llama_tokenize(self.handle, data, len(data), buf, size, add_bos, special)
             if n >= 0:
                 return list(buf[:n])
             size = -n
@@ -102,12 +97,46 @@ class Decoder:
         if piece is None:
             size = 64
             buf = ctypes.create_string_buffer(size)
-            n = self._c.llama_token_to_piece(self._vocab, token, buf, size, 0, False)
+            n = self._c.llama_token_to_piece(self.handle, token, buf, size, 0, False)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = self._c.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+                n = self._c.llama_token_to_piece(self.handle, token, buf, -n, 0, False)
             piece = self._pieces[token] = buf.raw[:n]
         return piece
+
+    def is_eog(self, token: int) -> bool:
+        """Whether `token` ends generation (end of text, end of turn)."""
+        return bool(self._c.llama_vocab_is_eog(self.handle, token))
+
+
+class Decoder:
+    """Decodes with one loaded `llama_cpp.Llama`."""
+
+    def __init__(self, llm: Any) -> None:
+        from llama_cpp import llama_cpp
+
+        self._c = llama_cpp
+        self.llm = llm
+        self.vocab = Vocab(llm)
+        self._vocab = self.vocab.handle
+        self.n_vocab = self.vocab.n_vocab
+        self.n_ctx = int(llm.n_ctx())
+        self.add_bos = self.vocab.add_bos
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._cur = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self._prompt_logits: Logits | None = None
+        self._n_prompt = 0
+
+    # -- text <-> tokens ------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool, add_bos: bool = False) -> list[int]:
+        """Tokens of `text` (see `Vocab`: safe on another thread while this decoder decodes)."""
+        return self.vocab.tokenize(text, special=special, add_bos=add_bos)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens render as nothing)."""
+        return self.vocab.piece(token)
 
     # -- decoding -------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import threading
@@ -33,7 +34,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llmforge.core.config import ModelConfig
 from llmforge.core.errors import (
@@ -42,7 +43,6 @@ from llmforge.core.errors import (
     InvalidRequestError,
     LLMForgeError,
     ModelError,
-    OverloadedError,
 )
 from llmforge.core.types import (
     Completion,
@@ -55,17 +55,21 @@ from llmforge.core.types import (
     Usage,
 )
 from llmforge.models import tool_envelope
-from llmforge.models.base import CompletionBuilder, ModelContext
+from llmforge.models.base import ChatModel, CompletionBuilder, ModelContext
 from llmforge.models.builtin import resolve
 from llmforge.models.chat_prompt import ChatPrompt
-from llmforge.models.llama_decoder import Answer, Decoder, Step, seed_for
+from llmforge.models.llama_decoder import Decoder, Step, seed_for
+from llmforge.models.local_queue import QueueStats, SlotQueue
 from llmforge.models.tool_envelope import EnvelopeReader
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096
 GRAMMAR_CACHE = 64  # compiled schemas kept (tools differ per request: bounded)
 _END = object()
 
 Push = Callable[[Any], None]
+EngineFinish = Literal["stop", "length", "cancelled"]  # why an engine stopped generating
 
 
 class LlamaCppChatModel:
@@ -79,13 +83,12 @@ class LlamaCppChatModel:
         self._n_ctx = config.context_length or DEFAULT_CONTEXT
         self._threads = config.threads or os.cpu_count() or 1
         self._template = config.chat_template
-        self._max_inflight = config.max_queue + 1
-        self._inflight = 0
+        self._queue = SlotQueue(config.name, 1, config.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{config.name}")
         self._llm: Any = None
         self._prompt: ChatPrompt | None = None
         self._decoder: Decoder | None = None
-        self._grammars: OrderedDict[str, str] = OrderedDict()  # JSON schema -> its GBNF grammar
+        self._grammars = GrammarCache()
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -138,36 +141,36 @@ class LlamaCppChatModel:
         except LLMForgeError:
             return None
 
+    def queue_stats(self) -> QueueStats:
+        """Calls waiting for the worker and how long they waited (for /metrics)."""
+        return self._queue.stats()
+
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the queue ------------------------------------------------------------------------------
 
     async def _serve(self, job: Callable[..., None], *args: Any) -> AsyncGenerator[Delta, None]:
-        """Run `job(*args, push, cancel)` on the worker thread and yield what it pushes."""
-        if self._inflight >= self._max_inflight:
-            raise OverloadedError(
-                f"model '{self.name}' is busy: {self._inflight} requests in flight or queued "
-                f"(max_queue {self._max_inflight - 1}); retry shortly"
-            )
-        self._inflight += 1
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
+        """Run `job(*args, push, cancel)` on the worker thread once the model's one slot is this
+        call's (first come, first served; OverloadedError past `max_queue` waiting) and yield what
+        it pushes."""
+        async with self._queue.slot():
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            cancel = threading.Event()
 
-        def push(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            def push(item: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        work = loop.run_in_executor(self._executor, self._work, job, args, push, cancel)
-        work.add_done_callback(_consume_exception)
-        try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
-            self._inflight -= 1
+            work = loop.run_in_executor(self._executor, self._work, job, args, push, cancel)
+            work.add_done_callback(_consume_exception)
+            try:
+                while (item := await queue.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                cancel.set()
 
     # -- worker thread --------------------------------------------------------------------------
 
@@ -202,21 +205,7 @@ class LlamaCppChatModel:
             )
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"model '{self.name}': cannot load GGUF '{path}': {e}") from None
-        template = self._template or llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ConfigError(
-                f"model '{self.name}': the GGUF has no chat template; "
-                "set `chat_template` in llmforge.yaml"
-            )
-        eos, bos = llm.token_eos(), llm.token_bos()
-        try:
-            prompt = ChatPrompt(
-                template,
-                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
-            )
-        except ConfigError as e:
-            raise ConfigError(f"model '{self.name}': {e.message}") from None
+        prompt = chat_prompt_of(self.name, llm, self._template)
         self._llm = llm
         self._prompt = prompt
         self._decoder = Decoder(llm)
@@ -235,11 +224,11 @@ class LlamaCppChatModel:
         tokens = decoder.tokenize(prompt.render(messages, sampling), special=True)
         self._check_room(decoder, tokens, "messages")
         if envelope is not None:  # user stop sequences apply to the text of a `response` only
-            grammar = self._grammar(envelope, param="tools")
+            grammar = self._grammars.get(envelope, param="tools")
             self._decode(decoder, tokens, sampling, grammar, True, sampling.stop, push, cancel)
             return
         schema = sampling.json_schema
-        plain = self._grammar(schema, param="response_format") if schema else None
+        plain = self._grammars.get(schema, param="response_format") if schema else None
         stops = (*sampling.stop, *prompt.stop)
         self._decode(decoder, tokens, sampling, plain, False, stops, push, cancel)
 
@@ -248,16 +237,11 @@ class LlamaCppChatModel:
         tokens = decoder.tokenize(text, special=True, add_bos=decoder.add_bos)
         self._check_room(decoder, tokens, "prompt")
         schema = sampling.json_schema
-        grammar = self._grammar(schema, param="response_format") if schema else None
+        grammar = self._grammars.get(schema, param="response_format") if schema else None
         self._decode(decoder, tokens, sampling, grammar, False, sampling.stop, push, cancel)
 
     def _check_room(self, decoder: Decoder, tokens: list[int], param: str) -> None:
-        if len(tokens) >= decoder.n_ctx:
-            raise ContextWindowExceededError(
-                f"The prompt is {len(tokens)} tokens; model '{self.name}' has a context of "
-                f"{decoder.n_ctx}. Shorten the {param} or raise `context_length`.",
-                param=param,
-            )
+        check_room(self.name, len(tokens), decoder.n_ctx, param)
 
     def _decode(
         self,
@@ -284,7 +268,7 @@ class LlamaCppChatModel:
                 max_tokens=max_tokens,
                 cancel=cancel,
             )
-            shaper = _ChoiceShaper(choice, envelope, stops)
+            shaper = ChoiceShaper(choice, envelope, stops)
             steps = answer.steps()
             try:
                 for step in steps:
@@ -297,12 +281,48 @@ class LlamaCppChatModel:
             generated += answer.tokens
             last = choice == sampling.n - 1 or cancel.is_set()
             usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated)
-            push(shaper.end(answer, usage if last else None))
+            push(shaper.end(answer.finish, answer.tail, usage if last else None))
             if last:
                 break
 
-    def _grammar(self, schema: dict[str, Any], *, param: str) -> str:
-        """The GBNF grammar of a JSON schema (property order kept: it is the order generated)."""
+
+def chat_prompt_of(name: str, llm: Any, template: str | None) -> ChatPrompt:
+    """The prompt renderer of a loaded GGUF (weights or vocabulary only): its own chat template,
+    or `template` when one is configured."""
+    template = template or llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ConfigError(
+            f"model '{name}': the GGUF has no chat template; set `chat_template` in llmforge.yaml"
+        )
+    eos, bos = llm.token_eos(), llm.token_bos()
+    try:
+        return ChatPrompt(
+            template,
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        )
+    except ConfigError as e:
+        raise ConfigError(f"model '{name}': {e.message}") from None
+
+
+def check_room(name: str, n_prompt: int, n_ctx: int, param: str) -> None:
+    """ContextWindowExceededError (400) when a prompt leaves no room to answer in `n_ctx`."""
+    if n_prompt >= n_ctx:
+        raise ContextWindowExceededError(
+            f"The prompt is {n_prompt} tokens; model '{name}' has a context of {n_ctx}. "
+            f"Shorten the {param} or raise `context_length`.",
+            param=param,
+        )
+
+
+class GrammarCache:
+    """GBNF grammars of JSON schemas (property order kept: it is the order generated), the
+    `GRAMMAR_CACHE` most recently used kept compiled."""
+
+    def __init__(self) -> None:
+        self._grammars: OrderedDict[str, str] = OrderedDict()  # JSON schema -> its grammar
+
+    def get(self, schema: dict[str, Any], *, param: str) -> str:
         key = json.dumps(schema)
         cached = self._grammars.get(key)
         if cached is not None:
@@ -363,10 +383,11 @@ def _bounded_integers_as_enums(node: Any) -> Any:
     return {**rest, "enum": values} if values else out
 
 
-class _ChoiceShaper:
+class ChoiceShaper:
     """Turns one answer's steps into Deltas: plain text cut at stop sequences, or an envelope read
     into response text and tool-call pieces; each step's log probability rides on its first Delta
-    (on an empty one when the token showed nothing: envelope syntax, or text held back)."""
+    (on an empty one when the token showed nothing: envelope syntax, or text held back). Shared by
+    both engines (in-process and llama-server)."""
 
     def __init__(self, choice: int, envelope: bool, stops: Sequence[str]) -> None:
         self.choice = choice
@@ -383,17 +404,20 @@ class _ChoiceShaper:
                 deltas.append(self._delta(logprobs=[step.logprob]))
         return deltas
 
-    def end(self, answer: Answer, usage: Usage | None) -> Delta:
-        deltas = self._pieces(answer.tail) if answer.tail and not self.stopped else []
+    def end(self, ended: EngineFinish, tail: str, usage: Usage | None) -> Delta:
+        """The choice's last Delta: `tail` (text the engine held back) and anything held here,
+        and why it ended (`ended`: the engine's reason; a stop sequence seen here, or tool calls,
+        override it)."""
+        deltas = self._pieces(tail) if tail and not self.stopped else []
         if not self.stopped and (rest := self.stops.flush()):
             deltas.append(self._delta(text=rest))
         finish: FinishReason
         if self.stopped:
             finish = "stop"
-        elif answer.finish == "stop" and self.reader is not None and self.reader.calls:
+        elif ended == "stop" and self.reader is not None and self.reader.calls:
             finish = "tool_calls"
         else:
-            finish = answer.finish
+            finish = ended
         text = "".join(d.text for d in deltas)
         calls = tuple(c for d in deltas for c in d.tool_calls)
         return self._delta(text=text, tool_calls=calls, finish_reason=finish, usage=usage)
@@ -480,5 +504,35 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def create(config: ModelConfig, context: ModelContext | None = None) -> LlamaCppChatModel:
-    return LlamaCppChatModel(config)
+MAX_DEFAULT_PARALLEL = 8
+
+
+def default_parallel() -> int:
+    """Slots when `parallel` is not set: 4 per CPU core, at most 8 (on 2 cores, 8 streams gave
+    the most tokens/s in total with the first token still quick: docs/decisions.md)."""
+    return min(MAX_DEFAULT_PARALLEL, 4 * (os.cpu_count() or 1))
+
+
+def create(config: ModelConfig, context: ModelContext | None = None) -> ChatModel:
+    """The engine for a `llamacpp` model: a managed llama-server with `parallel` slots when
+    `parallel` > 1 (the default) and the binary is built, else this in-process one."""
+    parallel = config.parallel or default_parallel()
+    if parallel == 1:
+        return LlamaCppChatModel(config)
+    from llmforge.models import llama_server
+    from llmforge.models.llama_served import ServedLlamaChatModel
+
+    found = llama_server.binary(config)
+    if found is None:
+        log.warning(
+            "model '%s': llama-server is not built (looked for %s), so the model runs "
+            "in-process, one request at a time; `make llama-tools` builds it (or set "
+            "`parallel: 1` to silence this)",
+            config.name,
+            llama_server.default_binary(),
+        )
+        return LlamaCppChatModel(config)
+    if not config.path:
+        raise ConfigError(f"model '{config.name}': provider llamacpp needs `path` (a .gguf file)")
+    threads = config.threads or os.cpu_count() or 1
+    return ServedLlamaChatModel(config, found, parallel, threads)
