@@ -3,8 +3,9 @@
 `GatewayMetrics` owns a `CollectorRegistry` of its own (never the process-global one, so several
 apps in one process, as in tests, do not clash). It is a `CallObserver`: the gateway hands it every
 finished call and it counts requests, latency, time to first token, tokens, cost, cache lookups,
-retries, fallbacks, errors and the gateway's own overhead. Circuit-breaker states are read from the
-router at scrape time; requests in flight are counted by `InFlightMiddleware` around the HTTP API.
+retries, fallbacks, errors and the gateway's own overhead. Circuit-breaker states and local models'
+queues (depth, busy slots, waiting time) are read from the router and catalog at scrape time;
+requests in flight are counted by `InFlightMiddleware` around the HTTP API.
 
 Label values are only model names, deployment ids, key ids, error class names and small fixed sets
 (status, kind, cache result), never request ids or free text, so the number of series is bounded by
@@ -28,12 +29,18 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmforge.gateway.call import Call
 from llmforge.gateway.router import Router
+from llmforge.models.local_queue import WAIT_BUCKETS, QueueReporter
 from llmforge.traces import TraceRecorder
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -122,6 +129,7 @@ class GatewayMetrics:
         )
         if router is not None:
             r.register(CircuitCollector(router))
+            r.register(LocalQueueCollector(router))
         if recorder is not None:
             r.register(TraceCollector(recorder))
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -197,6 +205,67 @@ class CircuitCollector(Collector):
         )
 
 
+class LocalQueueCollector(Collector):
+    """The line in front of each local model deployment (`QueueReporter`), read at scrape time:
+    `llmforge_local_queue_depth` (calls waiting for a slot), `llmforge_local_slots_busy` and
+    `llmforge_local_slots`, `llmforge_local_queue_wait_seconds` (time from arrival to a slot, of
+    every call that got one) and `llmforge_local_queue_refused` (turned away: queue full)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def _families(self) -> Iterator[Metric]:
+        labels = ["deployment"]
+        depth = GaugeMetricFamily(
+            "llmforge_local_queue_depth", "Calls waiting for a local model's slot.", labels=labels
+        )
+        busy = GaugeMetricFamily(
+            "llmforge_local_slots_busy", "Local model slots decoding a call now.", labels=labels
+        )
+        slots = GaugeMetricFamily(
+            "llmforge_local_slots", "Calls a local model decodes at once.", labels=labels
+        )
+        wait = HistogramMetricFamily(
+            "llmforge_local_queue_wait_seconds",
+            "Time calls waited for a local model's slot.",
+            labels=labels,
+        )
+        refused = CounterMetricFamily(
+            "llmforge_local_queue_refused",
+            "Calls refused because a local model's queue was full.",
+            labels=labels,
+        )
+        catalog = self.router.catalog
+        for info in catalog.infos():
+            if info.kind != "chat":
+                continue
+            for dep in catalog.deployments(info.name):
+                if not isinstance(dep.backend, QueueReporter):
+                    continue
+                stats = dep.backend.queue_stats()
+                depth.add_metric([dep.id], stats.waiting)
+                busy.add_metric([dep.id], stats.running)
+                slots.add_metric([dep.id], stats.slots)
+                refused.add_metric([dep.id], stats.refused)
+                running_total, buckets = 0, []
+                bounds = (*WAIT_BUCKETS, float("inf"))
+                for bound, count in zip(bounds, stats.wait_counts, strict=True):
+                    running_total += count
+                    buckets.append((_bucket_label(bound), running_total))
+                wait.add_metric([dep.id], buckets, stats.wait_sum_s)
+        yield from (depth, busy, slots, wait, refused)
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
 class TraceCollector(Collector):
     """`llmforge_traces_written` and `llmforge_traces_lost{reason}` (overflow: the queue was
     full; unwritable: the database refused the row; abandoned: unwritten at shutdown), read from
@@ -244,4 +313,10 @@ class InFlightMiddleware:
             self.gauge.dec()
 
 
-__all__ = ["CircuitCollector", "GatewayMetrics", "InFlightMiddleware", "TraceCollector"]
+__all__ = [
+    "CircuitCollector",
+    "GatewayMetrics",
+    "InFlightMiddleware",
+    "LocalQueueCollector",
+    "TraceCollector",
+]
