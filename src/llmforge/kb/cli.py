@@ -1,4 +1,5 @@
-"""`llmforge kb ...`: ingest folders into a knowledge base, search it, list and delete them.
+"""`llmforge kb ...`: ingest folders into a knowledge base, search it, list and delete them; tune
+its retrieval, list its index versions and roll back.
 
 Command bodies only parse options, call `KnowledgeBases` and print; errors propagate as
 `LLMForgeError`s, which `llmforge.cli.main` prints on one line.
@@ -13,15 +14,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmforge.core.cli import ConfigOption, JsonOption, console, print_rows, run, settings_for
+from llmforge.core.errors import InvalidRequestError
 from llmforge.core.settings import Settings
 from llmforge.kb.knowledge_base import KnowledgeBases
+from llmforge.kb.queries import generator_for
+from llmforge.kb.tune import LabelledQuery, TuneOptions, TuneProgress, TuneReport
 from llmforge.kb.types import IngestProgress, IngestReport, KBInfo, SearchFilters, SearchResult
+from llmforge.kb.versions import IndexVersion, describe
+from llmforge.models.catalog import ModelCatalog
 
 app = typer.Typer(
-    help="Knowledge bases: ingest, search, list, delete, serve over MCP.", no_args_is_help=True
+    help="Knowledge bases: ingest, search, list, delete, tune, roll back, serve over MCP.",
+    no_args_is_help=True,
 )
 
 KBOption = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]
@@ -210,6 +218,176 @@ async def _delete(settings: Settings, name: str) -> None:
     kbs = KnowledgeBases(settings)
     try:
         await kbs.delete(name)
+    finally:
+        await kbs.aclose()
+
+
+@app.command("tune")
+def tune_command(
+    ctx: typer.Context,
+    kb: KBOption,
+    method: Annotated[
+        str,
+        typer.Option(help="auto (fusion, adapter and finetune compete), fusion, adapter, finetune"),
+    ] = "auto",
+    queries: Annotated[
+        str, typer.Option(help="pseudo (title and sentence queries, no model) or model")
+    ] = "pseudo",
+    model: Annotated[
+        str | None,
+        typer.Option(help="queries=model: the chat model (under `models:`) writing them"),
+    ] = None,
+    sample: Annotated[int, typer.Option(min=8, help="chunks to write queries for")] = 400,
+    steps: Annotated[int, typer.Option(min=1, help="finetune: training steps")] = 120,
+    min_gain: Annotated[
+        float, typer.Option(help="nDCG@10 the candidate must gain on held-out queries")
+    ] = 0.01,
+    labelled: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSONL of judged queries: {"query": ..., "relevant": {"chunk id or file": 1}}'
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="sampling and training seed")] = 0,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Adapt a knowledge base's retrieval to its own documents (no labels needed); the result
+    serves only if it beats the current retriever on held-out queries."""
+    settings = settings_for(ctx, config)
+    options = TuneOptions.model_validate(
+        {
+            "method": method,
+            "queries": queries,
+            "model": model,
+            "sample": sample,
+            "steps": steps,
+            "min_gain": min_gain,
+            "seed": seed,
+            "labelled": read_labelled(labelled) if labelled else None,
+        }
+    )
+    show = not as_json and sys.stderr.isatty()
+    report = run(_tune(settings, kb, options, show_progress=show))
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        return
+    for c in report.candidates:
+        weight = f" {c.dense_weight}" if c.dense_weight is not None else ""
+        console.print(
+            f"  candidate {c.name}: {c.fusion}{weight}, dev nDCG@10 {c.dev:.3f} "
+            f"(serving {report.current_dev:.3f}), {c.cpu_seconds:.0f} CPU s",
+            markup=False,
+        )
+    style = "green" if report.accepted else "yellow"
+    console.print(f"{report.kb}: {report.message}", style=style, markup=False)
+
+
+def read_labelled(path: Path) -> list[LabelledQuery]:
+    """Judged queries from a JSONL file (InvalidRequestError naming the bad line)."""
+    out = []
+    try:
+        lines = path.expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InvalidRequestError(f"Cannot read the labelled set '{path}': {e.strerror}") from None
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                out.append(LabelledQuery.model_validate_json(line))
+            except ValidationError as e:
+                raise InvalidRequestError(
+                    f"{path}:{number}: not a judged query ({e.errors()[0]['msg']}); write "
+                    '{"query": "...", "relevant": {"CHUNK_ID or /path/of/file": 1}} per line.'
+                ) from None
+    return out
+
+
+async def _tune(
+    settings: Settings, name: str, options: TuneOptions, *, show_progress: bool
+) -> TuneReport:
+    kbs = KnowledgeBases(settings)
+    catalog = ModelCatalog.from_settings(settings) if options.queries == "model" else None
+    try:
+        kb = await kbs.open(name)
+        chat = catalog.chat(options.model) if catalog is not None and options.model else None
+        generator = generator_for(options.queries, chat, options.model)
+        if not show_progress:
+            return await kb.tune(options, generator)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[extra]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("tune", total=None, extra="")
+
+            def update(p: TuneProgress) -> None:
+                bar.update(
+                    task,
+                    description=p.stage,
+                    total=p.total or None,
+                    completed=p.done,
+                    extra=p.detail,
+                )
+
+            return await kb.tune(options, generator, progress=update)
+    finally:
+        await kbs.aclose()
+        if catalog is not None:
+            await catalog.aclose()
+
+
+@app.command("versions")
+def versions_command(
+    ctx: typer.Context, kb: KBOption, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """A knowledge base's index versions: which serves, where each came from, its gate figures."""
+    found = run(_versions(settings_for(ctx, config), kb))
+    if as_json:
+        sys.stdout.write(json.dumps([v.model_dump() for v in found], indent=2) + "\n")
+        return
+    rows = describe(found)
+    for row in rows:
+        row["created_at"] = dt.datetime.fromtimestamp(float(str(row["created_at"]))).strftime(
+            "%Y-%m-%d %H:%M"
+        )
+    print_rows(
+        rows,
+        ["version", "status", "parent", "method", "fusion", "gate", "created_at"],
+        False,
+        title=f"Index versions of {kb}",
+    )
+
+
+async def _versions(settings: Settings, name: str) -> list[IndexVersion]:
+    kbs = KnowledgeBases(settings)
+    try:
+        return await (await kbs.open(name)).versions()
+    finally:
+        await kbs.aclose()
+
+
+@app.command("rollback")
+def rollback_command(
+    ctx: typer.Context,
+    kb: KBOption,
+    to: Annotated[
+        int | None, typer.Option("--to", help="version to serve (default: the current's parent)")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve an earlier (or any kept) index version again."""
+    version = run(_rollback(settings_for(ctx, config), kb, to))
+    console.print(f"{kb}: now serving index version {version.version}", markup=False)
+
+
+async def _rollback(settings: Settings, name: str, to: int | None) -> IndexVersion:
+    kbs = KnowledgeBases(settings)
+    try:
+        return await (await kbs.open(name)).rollback(to)
     finally:
         await kbs.aclose()
 

@@ -10,11 +10,21 @@
     POST   /v1/kb/{name}/sync  {paths?}   incremental re-ingest of server paths, or of `uploads`
     POST   /v1/kb/{name}/search           {query, k, filters, detailed} -> hits (+ stages)
     GET    /v1/kb/{name}/chunks/{id}      one chunk with its metadata
+    POST   /v1/kb/{name}/tune  {options}  start tuning its retrieval (202; runs in the background)
+    GET    /v1/kb/{name}/tune             the running or last tune: progress, report, error
+    DELETE /v1/kb/{name}/tune             cancel the running tune (the serving index is kept)
+    GET    /v1/kb/{name}/versions         its index versions with lineage and gate figures
+    POST   /v1/kb/{name}/rollback {version?}  serve another kept version (default: the parent)
 
 Who may do what (with authentication on, i.e. a master key configured): reading (list, info,
-documents, search, chunks) needs any valid key; writing (create, delete, upload, sync) needs the
-master key. Syncing explicit server `paths` reads the server's disk, so it needs the master key
-always: with authentication off it is refused (use `llmforge kb ingest` on the server instead).
+documents, search, chunks, versions, a tune's status) needs any valid key; writing (create,
+delete, upload, sync, tune, cancelling a tune, rollback) needs the master key. Syncing explicit
+server `paths` reads the server's disk, so it needs the master key always: with authentication
+off it is refused (use `llmforge kb ingest` on the server instead).
+
+A tune runs as a task of the app (minutes of CPU); `GET .../tune` shows its stage and, once done,
+its report (accepted or refused, with the gate's figures). Only the latest tune of each knowledge
+base is remembered, in this process; the versions it made are in `GET .../versions` for good.
 
 Uploads and syncs run inside the request and answer with the finished report; while one runs,
 `GET /v1/kb/{name}` shows its progress (files and chunks done). The routes only translate HTTP to
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +54,7 @@ from starlette.types import Receive, Scope, Send
 from llmforge.core.errors import (
     InvalidRequestError,
     LLMForgeError,
+    NotFoundError,
     OverloadedError,
     PermissionDeniedError,
 )
@@ -57,6 +69,8 @@ from llmforge.kb import (
     shared_knowledge_bases,
 )
 from llmforge.kb.mcp import MCP_PATH, build_server
+from llmforge.kb.queries import QueryGenerator, generator_for
+from llmforge.kb.tune import TuneOptions, TuneProgress, TuneReport
 
 if TYPE_CHECKING:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -191,6 +205,7 @@ async def _info_body(ctx: AppContext, kb: KnowledgeBase) -> dict[str, Any]:
         **info.model_dump(),
         "reranker": kb.reranker_configured,
         "ingesting": _ingesting(ctx).describe(kb.name),
+        "version": (await kb.active_version()).version,
     }
 
 
@@ -318,6 +333,144 @@ async def search(ctx: Ctx, name: str, body: SearchRequest) -> Response:
 async def get_chunk(ctx: Ctx, name: str, chunk_id: str) -> Response:
     chunk = await (await _bases(ctx).open(name)).get_chunk(chunk_id)
     return json_response({"object": "chunk", "kb": name, **chunk.model_dump()})
+
+
+# -- tuning and index versions ------------------------------------------------------------------
+
+
+class RollbackRequest(BaseModel):
+    """The body of `POST /v1/kb/{name}/rollback` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=0, description="default: the serving version's parent")
+
+
+class _TuneRun:
+    """One tune started over the API, running as a task of the app."""
+
+    def __init__(self, name: str, options: TuneOptions) -> None:
+        self.name = name
+        self.options = options
+        self.started_at = time.time()
+        self.finished_at: float | None = None
+        self.stop = threading.Event()
+        self.progress: TuneProgress | None = None
+        self.report: TuneReport | None = None
+        self.error: LLMForgeError | None = None
+        self.status = "running"
+        self.task: asyncio.Task[None] | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "object": "knowledge_base.tune",
+            "kb": self.name,
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "options": self.options.model_dump(exclude={"labelled"}),
+            "progress": self.progress.model_dump() if self.progress else None,
+            "report": self.report.model_dump() if self.report else None,
+            "error": (
+                {"message": self.error.message, "type": type(self.error).__name__}
+                if self.error
+                else None
+            ),
+        }
+
+
+class _Tunes:
+    """The latest tune of each knowledge base (running or finished) in this process."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, _TuneRun] = {}
+
+    async def aclose(self) -> None:
+        for run in self.runs.values():
+            if run.task is not None and not run.task.done():
+                run.stop.set()
+                run.task.cancel()
+                await asyncio.gather(run.task, return_exceptions=True)
+
+
+def _tunes(ctx: AppContext) -> _Tunes:
+    return ctx.shared("kb.tunes", _Tunes)
+
+
+async def _run_tune(run: _TuneRun, kb: KnowledgeBase, generator: QueryGenerator) -> None:
+    def progress(p: TuneProgress) -> None:
+        run.progress = p
+
+    try:
+        run.report = await kb.tune(run.options, generator, progress=progress, stop=run.stop)
+        run.status = "accepted" if run.report.accepted else "refused"
+    except asyncio.CancelledError:
+        run.status = "cancelled"
+    except LLMForgeError as e:
+        run.status, run.error = "failed", e
+    except Exception as e:  # a bug or a library failure: reported on the run, not lost
+        run.status, run.error = "failed", LLMForgeError(f"{type(e).__name__}: {e}")
+    finally:
+        run.finished_at = time.time()
+
+
+@router.post("/v1/kb/{name}/tune", dependencies=WRITE, status_code=202)
+async def start_tune(ctx: Ctx, name: str, body: TuneOptions | None = None) -> Response:
+    """Start tuning a knowledge base's retrieval; poll `GET /v1/kb/{name}/tune` for the result."""
+    options = body or TuneOptions()
+    kb = await _bases(ctx).open(name)
+    tunes = _tunes(ctx)
+    running = tunes.runs.get(name)
+    if running is not None and running.status == "running":
+        raise InvalidRequestError(
+            f"A tune of '{name}' is already running (since {running.started_at:.0f}); poll "
+            f"GET /v1/kb/{name}/tune or cancel it with DELETE /v1/kb/{name}/tune."
+        )
+    chat = ctx.catalog.chat(options.model) if options.queries == "model" and options.model else None
+    generator = generator_for(options.queries, chat, options.model)
+    run = _TuneRun(name, options)
+    tunes.runs[name] = run
+    run.task = asyncio.create_task(_run_tune(run, kb, generator))
+    return json_response(run.body(), 202)
+
+
+@router.get("/v1/kb/{name}/tune")
+async def tune_status(ctx: Ctx, name: str) -> Response:
+    await _bases(ctx).open(name)
+    run = _tunes(ctx).runs.get(name)
+    if run is None:
+        raise NotFoundError(
+            f"No tune of '{name}' has run since the server started; start one with "
+            f"POST /v1/kb/{name}/tune (past results: GET /v1/kb/{name}/versions)."
+        )
+    return json_response(run.body())
+
+
+@router.delete("/v1/kb/{name}/tune", dependencies=WRITE)
+async def cancel_tune(ctx: Ctx, name: str) -> Response:
+    """Stop a running tune; the serving index stays as it is."""
+    run = _tunes(ctx).runs.get(name)
+    if run is None or run.task is None or run.status != "running":
+        raise NotFoundError(f"No tune of '{name}' is running.")
+    run.stop.set()
+    run.task.cancel()
+    await asyncio.gather(run.task, return_exceptions=True)
+    return json_response(run.body())
+
+
+@router.get("/v1/kb/{name}/versions")
+async def list_versions(ctx: Ctx, name: str) -> Response:
+    found = await (await _bases(ctx).open(name)).versions()
+    data = [{"object": "knowledge_base.version", **v.model_dump()} for v in found]
+    return json_response({"object": "list", "data": data})
+
+
+@router.post("/v1/kb/{name}/rollback", dependencies=WRITE)
+async def rollback(ctx: Ctx, name: str, body: RollbackRequest | None = None) -> Response:
+    """Serve an earlier (or any kept) index version: by default the serving one's parent."""
+    kb = await _bases(ctx).open(name)
+    version = await kb.rollback(body.version if body else None)
+    return json_response({"object": "knowledge_base.version", **version.model_dump()})
 
 
 # -- the MCP server at /mcp ---------------------------------------------------------------------
