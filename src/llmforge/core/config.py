@@ -457,7 +457,8 @@ class DistillConfig(Section):
     converter_dir: str | None = Field(
         None,
         description="folder holding llama.cpp's convert_hf_to_gguf.py and gguf-py (default: "
-        "~/.cache/llmforge/llama.cpp-<llama-cpp-python version>, filled by `make converter`)",
+        "the llama-cpp-python sdist's vendor/llama.cpp under ~/.cache/llmforge/sdist, unpacked "
+        "by `make converter`)",
     )
     refresh_s: float = Field(
         2.0,
