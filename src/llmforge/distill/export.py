@@ -31,6 +31,8 @@ from llmforge.core.errors import ConfigError, ModelError
 from llmforge.distill.student import file_sha256, load_student
 
 CONVERTER = "convert_hf_to_gguf.py"
+CACHE = "~/.cache/llmforge"
+CONVERTER_DEPS = "~/.cache/llmforge/converter-deps"  # its sentencepiece (`make converter`)
 FTYPES = {
     "f16": "LLAMA_FTYPE_MOSTLY_F16",
     "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
@@ -74,13 +76,17 @@ def llama_cpp_version() -> str:
 
 
 def converter_dir(configured: str | None) -> Path:
-    """The folder with llama.cpp's converter and gguf-py, checked."""
-    folder = Path(configured or f"~/.cache/llmforge/llama.cpp-{llama_cpp_version()}").expanduser()
+    """The folder with llama.cpp's converter and gguf-py, checked: `distill.converter_dir`, else
+    the llama-cpp-python sdist that `make llama-src` unpacks."""
+    version = llama_cpp_version()
+    folder = Path(
+        configured or f"{CACHE}/sdist/llama_cpp_python-{version}/vendor/llama.cpp"
+    ).expanduser()
     if not (folder / CONVERTER).is_file() or not (folder / "gguf-py").is_dir():
         raise ConfigError(
-            f"llama.cpp's converter is not in '{folder}'. Run `make converter` (it unpacks "
-            f"{CONVERTER} and gguf-py from the llama-cpp-python {llama_cpp_version()} sdist), "
-            "or set distill.converter_dir."
+            f"llama.cpp's converter is not in '{folder}'. Run `make converter` (it unpacks the "
+            f"llama-cpp-python {version} sdist, whose vendor/llama.cpp holds {CONVERTER} and "
+            "gguf-py, and installs the converter's sentencepiece), or set distill.converter_dir."
         )
     return folder
 
@@ -96,7 +102,7 @@ def merge(base: Path, adapter: Path, out: Path) -> Path:
 
 def convert(merged: Path, out: Path, converter: Path) -> Path:
     """An f16 GGUF of the merged folder, by llama.cpp's converter (child process)."""
-    paths = [converter / "gguf-py", converter, converter / "deps"]
+    paths = [converter / "gguf-py", converter, Path(CONVERTER_DEPS).expanduser()]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(str(p) for p in paths if p.is_dir()),
