@@ -14,7 +14,7 @@ This package never imports the gateway: the gateway's routes and app wiring buil
 from llmforge.distill.config import FlywheelSpec, load_flywheel
 from llmforge.distill.flywheel import Flywheel, FlywheelReport, GateFailedError, gate_line
 from llmforge.distill.policy import RoutePolicy, open_route, promote, rollback
-from llmforge.distill.serving import register_providers, served_models
+from llmforge.distill.serving import catalog_for, register_providers, served_models
 from llmforge.distill.store import (
     DistillStore,
     Feedback,
@@ -36,6 +36,7 @@ __all__ = [
     "Route",
     "RoutePolicy",
     "StageRun",
+    "catalog_for",
     "gate_line",
     "load_flywheel",
     "open_route",

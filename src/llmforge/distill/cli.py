@@ -20,15 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from llmforge.core.cli import ConfigOption, JsonOption, console, print_rows, run, settings_for
 from llmforge.core.db import open_engine
-from llmforge.core.settings import Settings
 from llmforge.distill.config import load_flywheel
 from llmforge.distill.evaluate import EvalResult
 from llmforge.distill.flywheel import Flywheel, GateFailedError, Step, gate_line
 from llmforge.distill.policy import promote, rollback
-from llmforge.distill.serving import served_models
+from llmforge.distill.serving import catalog_for
 from llmforge.distill.store import DistillStore, StageRun
 from llmforge.evals import GATE_FAILED_EXIT
-from llmforge.models import ModelCatalog
 
 app = typer.Typer(
     help="Distillation: traffic -> teacher labels -> LoRA student -> gate -> GGUF -> routing.",
@@ -72,17 +70,12 @@ async def _flywheel(ctx: typer.Context, file: Path, config: Path | None) -> Asyn
     settings = settings_for(ctx, config)
     spec = load_flywheel(file)
     engine = open_engine(settings.database)
-    catalog = _catalog(settings, engine)
+    catalog = catalog_for(settings, engine)
     try:
         yield Flywheel(spec, settings, engine, catalog, RichReporter(sys.stderr.isatty()))
     finally:
         await catalog.aclose()
         engine.dispose()
-
-
-def _catalog(settings: Settings, engine: Any) -> ModelCatalog:
-    models = [*settings.models, *served_models(settings, engine)]
-    return ModelCatalog(models, settings.embeddings, settings)
 
 
 def _line(run_: StageRun) -> str:

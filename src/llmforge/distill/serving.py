@@ -21,7 +21,6 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -32,6 +31,7 @@ from llmforge.core.settings import Settings
 from llmforge.core.types import Completion, Delta, Message, Sampling
 from llmforge.distill import answer_key
 from llmforge.distill.store import DistillStore, ModelVersion
+from llmforge.models import ModelCatalog
 from llmforge.models.base import ChatModel, ModelContext, chat_models
 
 PROVIDER = "distilled"
@@ -144,8 +144,8 @@ def served_models(settings: Settings, engine: Engine) -> list[ModelConfig]:
     ]
 
 
-def version_of(model: Any) -> str | None:
-    """The version a distilled backend serves now (None for other backends)."""
-    if isinstance(model, DistilledChatModel) and model._current is not None:
-        return model._current[0].id
-    return None
+def catalog_for(settings: Settings, engine: Engine) -> ModelCatalog:
+    """The settings' models plus the registry's distilled ones (what the gateway serves)."""
+    return ModelCatalog(
+        [*settings.models, *served_models(settings, engine)], settings.embeddings, settings
+    )
