@@ -206,11 +206,22 @@ class ServedLlamaChatModel:
             client = await self._connect()
             for choice in range(sampling.n):
                 body = self._body(tokens, sampling, choice, grammar, server_stops, max_tokens)
-                shaper = ChoiceShaper(choice, envelope, stops)
-                answer = _Answer(self, shaper, sampling)
-                async with aclosing(answer.deltas(client, body)) as deltas:
-                    async for delta in deltas:
-                        yield delta
+                for attempt in range(2):
+                    shaper = ChoiceShaper(choice, envelope, stops)
+                    answer = _Answer(self, shaper, sampling)
+                    shown = False
+                    try:
+                        async with aclosing(answer.deltas(client, body)) as deltas:
+                            async for delta in deltas:
+                                shown = True
+                                yield delta
+                        break
+                    except UpstreamError as e:
+                        # the engine died before this answer showed anything: once, on the
+                        # restarted process (after that, the error goes to the client)
+                        if shown or attempt or e.status_code is not None:
+                            raise
+                        client = await self._connect(replacing=client.url)
                 generated += answer.tokens
                 last = choice == sampling.n - 1
                 usage = Usage(prompt_tokens=len(tokens), completion_tokens=generated)
@@ -283,9 +294,10 @@ class ServedLlamaChatModel:
         self._llm = llm
         self._vocab = Vocab(llm)
 
-    async def _connect(self) -> _ServerClient:
-        """The client of the running process (waiting through a restart)."""
-        url = await self.server.ready(self._timeout_s)
+    async def _connect(self, replacing: str | None = None) -> _ServerClient:
+        """The client of the running process (waiting through a restart; `replacing`: the URL a
+        call just failed on)."""
+        url = await self.server.ready(self._timeout_s, replacing=replacing)
         client = self._client
         if client is None or client.url != url:
             if client is not None:

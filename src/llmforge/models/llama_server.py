@@ -50,6 +50,7 @@ START_TIMEOUT_S = 300.0  # loading weights: a big GGUF from a slow disk
 RESTART_DELAY_S = 0.2
 MAX_RESTART_DELAY_S = 30.0
 HEALTH_POLL_S = 0.05
+REPLACE_GRACE_S = 2.0
 LOG_LINES = 40  # the process's last lines kept for error messages
 CACHE_RAM_MIB = 1024  # host memory for prompts of idle slots (llama-server's own default: 8192)
 PR_SET_PDEATHSIG = 1
@@ -109,15 +110,19 @@ class LlamaServer:
 
     # -- asyncio side ---------------------------------------------------------------------------
 
-    async def ready(self, timeout_s: float) -> str:
+    async def ready(self, timeout_s: float, *, replacing: str | None = None) -> str:
         """The base URL of the running process, starting it on first use and waiting (at most
-        `timeout_s`) through a start or restart. A start that failed before any process became
-        healthy raises ConfigError; waiting longer than `timeout_s` raises UpstreamError."""
+        `timeout_s`) through a start or restart. `replacing`: a URL a call just failed on; a
+        process that died there is being replaced, so its URL is not handed out again for up to
+        REPLACE_GRACE_S (time for the supervisor to see the exit). A start that failed before any
+        process became healthy raises ConfigError; waiting longer than `timeout_s` raises
+        UpstreamError."""
         self.start()
-        deadline = time.monotonic() + timeout_s
+        now = time.monotonic()
+        deadline, grace = now + timeout_s, now + REPLACE_GRACE_S
         while True:
             url, failure = self._url, self._failure
-            if url is not None:
+            if url is not None and (url != replacing or time.monotonic() >= grace):
                 return url
             if failure is not None and self.starts_ok == 0:
                 raise ConfigError(failure)
@@ -137,9 +142,9 @@ class LlamaServer:
 
     @property
     def pid(self) -> int | None:
-        """The running process's id (None between processes)."""
+        """The healthy process's id (None while none is: starting, restarting, stopped)."""
         proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return proc.pid if proc is not None and self._url is not None else None
 
     def start(self) -> None:
         """Start supervising (idempotent; returns at once)."""
