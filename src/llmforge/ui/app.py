@@ -1,14 +1,21 @@
-"""The web app: the gateway plus the chat page and its conversation history.
+"""The web app: the gateway plus the workbench pages and the conversation history.
 
 `mount(app, ctx)` is a gateway extension: it adds `/api/conversations` (see `conversations.py`),
-serves the single-page chat at `/` and its assets under `/static/`. `create_web_app(settings)` is
-the gateway built with that extension. The page is plain HTML, CSS and JavaScript with its two
-libraries (marked, DOMPurify) vendored under `static/vendor/`; nothing is built at install time and
-nothing is loaded from elsewhere, which the page's Content-Security-Policy enforces.
+serves each page of `PAGES` (the chat at `/`, knowledge bases, traces, evaluations, keys) and their
+assets under `/static/`. `create_web_app(settings)` is the gateway built with that extension. The
+pages are plain HTML, CSS and JavaScript sharing one shell (`static/shell.js`: navigation, language,
+API key) with two vendored libraries (marked, DOMPurify) under `static/vendor/`; nothing is built
+at install time and nothing is loaded from elsewhere, which the pages' Content-Security-Policy
+enforces. The pages read the gateway's own JSON APIs like any client; this module adds no data
+route but the conversations.
+
+A new page (distillation, agents, review queue, audit) is an HTML file plus its script in `static/`,
+an entry in `PAGES` here and one in the shell's navigation (`static/shell.js`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,35 +29,45 @@ from llmforge.ui.conversations import router as conversations
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-# Everything from this origin only; inline styles/scripts are not used by the page.
+# path -> the page's file under static/
+PAGES = {
+    "/": "index.html",
+    "/kb": "kb.html",
+    "/traces": "traces.html",
+    "/evals": "evals.html",
+    "/keys": "keys.html",
+}
+
+# Everything from this origin only; inline styles/scripts are not used by the pages.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def mount(app: FastAPI, ctx: AppContext) -> None:
-    """Add the conversations API, the page at `/` and its assets at `/static/`."""
+    """Add the conversations API, the pages and their assets at `/static/`."""
     app.include_router(conversations)
-    index = STATIC_DIR / "index.html"
-
-    @app.get("/", include_in_schema=False)
-    def chat_page() -> Response:
-        return FileResponse(
-            index,
-            media_type="text/html; charset=utf-8",
-            headers={
-                "Cache-Control": "no-cache",
-                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
-            },
-        )
-
+    for path, file in PAGES.items():
+        app.add_api_route(path, _page(STATIC_DIR / file), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
 
 
+def _page(file: Path) -> Callable[[], Response]:
+    def page() -> Response:
+        return FileResponse(file, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    page.__name__ = f"page_{file.stem}"
+    return page
+
+
 def create_web_app(settings: Settings, *, catalog: ModelCatalog | None = None) -> FastAPI:
-    """The gateway with the chat page and conversation history."""
+    """The gateway with the workbench pages and conversation history."""
     return create_app(settings, catalog=catalog, extensions=(mount,))

@@ -1,16 +1,20 @@
 /*
  * LLMForge chat page. Talks to the gateway like any client: models from GET /v1/models, answers streamed
- * from POST /v1/chat/completions (SSE), history kept through /api/conversations. No framework, no build
- * step; Markdown is rendered with the vendored marked and sanitized with DOMPurify before it touches the DOM.
+ * from POST /v1/chat/completions (SSE), history kept through /api/conversations. Knowledge-base models
+ * (provider `rag`) answer with `sources`; their `[n]` markers become links to the numbered sources shown
+ * under the answer, each of which opens its chunk on the knowledge-base page. An answer can be stopped,
+ * copied and (the last one) regenerated. No framework, no build step; Markdown is rendered with the
+ * vendored marked and sanitized with DOMPurify before it touches the DOM. Shared parts: shell.js.
  */
 (function () {
   "use strict";
 
+  const F = window.Forge;
+  const t = F.t;
   const MODEL_KEY = "llmforge.chat.model";
   const $ = (id) => document.getElementById(id);
   const el = {
     layout: $("layout"),
-    sidebar: $("sidebar"),
     scrim: $("scrim"),
     toggleSidebar: $("toggle-sidebar"),
     newChat: $("new-chat"),
@@ -18,10 +22,6 @@
     conversationsEmpty: $("conversations-empty"),
     title: $("chat-title"),
     model: $("model-select"),
-    apiKey: $("api-key"),
-    error: $("error"),
-    errorText: $("error-text"),
-    errorClose: $("error-close"),
     messages: $("messages"),
     empty: $("empty"),
     composer: $("composer"),
@@ -34,83 +34,38 @@
     conversations: [], // summaries, newest activity first
     active: null, // {id, title, model, messages: [...]} or null for an unsaved new chat
     streaming: null, // {controller, conversationId} while an answer streams
+    models: [], // chat models from /v1/models
   };
+  let answerCounter = 0;
 
-  // -- HTTP -------------------------------------------------------------------------------------------
-
-  async function errorMessage(resp) {
-    let text = "";
-    try {
-      text = await resp.text();
-    } catch (_) {
-      /* body unreadable: fall back to the status line */
-    }
-    try {
-      const body = JSON.parse(text);
-      if (body && body.error && body.error.message) {
-        const hint = resp.status === 401 ? " Set your API key with the key button at the top." : "";
-        return body.error.message + hint;
-      }
-      if (body && body.detail) return String(body.detail);
-    } catch (_) {
-      /* not JSON */
-    }
-    const status = `The server answered ${resp.status}${resp.statusText ? " " + resp.statusText : ""}`;
-    return text ? `${status}: ${text.slice(0, 300)}` : status;
-  }
-
-  function networkError(err) {
-    return new Error(`Network error: the server cannot be reached (${err.message || err}).`);
-  }
-
-  // API key (only needed when the server has a master key): kept in this browser only.
-  const KEY_STORAGE = "llmforge.apiKey";
-  function authHeaders(headers) {
-    const key = localStorage.getItem(KEY_STORAGE);
-    if (key) headers.Authorization = `Bearer ${key}`;
-    return headers;
-  }
-
-  async function api(method, path, body) {
-    const init = { method, headers: authHeaders({ Accept: "application/json" }) };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    let resp;
-    try {
-      resp = await fetch(path, init);
-    } catch (err) {
-      throw networkError(err);
-    }
-    if (!resp.ok) throw new Error(await errorMessage(resp));
-    return resp.json();
-  }
+  const api = F.api;
+  const showError = F.showError;
+  const clearError = F.clearError;
 
   /*
-   * POST a streaming chat completion and call onText for every piece of text. Resolves when the server
-   * sends [DONE]; rejects with the server's message on an HTTP error, an error event or a broken stream,
-   * and with an AbortError when `signal` is aborted.
+   * POST a streaming chat completion and call onText for every piece of text. Resolves with
+   * {finishReason, usage, sources} when the server sends [DONE]; rejects with the server's message on
+   * an HTTP error, an error event or a broken stream, and with an AbortError when `signal` is aborted.
    */
   async function streamChat(model, messages, signal, onText) {
     let resp;
     try {
       resp = await fetch("/v1/chat/completions", {
         method: "POST",
-        headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+        headers: F.authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
         body: JSON.stringify({ model, messages, stream: true, stream_options: { include_usage: true } }),
         signal,
       });
     } catch (err) {
       if (err.name === "AbortError") throw err;
-      throw networkError(err);
+      throw F.networkError(err);
     }
-    if (!resp.ok) throw new Error(await errorMessage(resp));
+    if (!resp.ok) throw await F.errorFrom(resp);
     if (!resp.body) throw new Error("This browser cannot read streamed answers.");
 
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
-    const result = { done: false, finishReason: null, usage: null };
+    const result = { done: false, finishReason: null, usage: null, sources: [] };
     let buffer = "";
     let data = [];
 
@@ -128,15 +83,14 @@
       } catch (_) {
         throw new Error(`The server sent a malformed event: ${payload.slice(0, 120)}`);
       }
-      if (event.error) {
-        throw new Error(event.error.message || "The model failed while answering.");
-      }
+      if (event.error) throw new Error(event.error.message || "The model failed while answering.");
       const choice = event.choices && event.choices[0];
       if (choice && choice.delta && typeof choice.delta.content === "string" && choice.delta.content) {
         onText(choice.delta.content);
       }
       if (choice && choice.finish_reason) result.finishReason = choice.finish_reason;
       if (event.usage) result.usage = event.usage;
+      if (Array.isArray(event.sources)) result.sources = event.sources;
     };
     const line = (text) => {
       if (text.endsWith("\r")) text = text.slice(0, -1);
@@ -201,19 +155,97 @@
       const button = document.createElement("button");
       button.type = "button";
       button.className = "copy";
-      button.textContent = "Copy";
+      button.textContent = t("common.copy");
       button.addEventListener("click", async () => {
         const code = pre.querySelector("code") || pre;
         try {
           await navigator.clipboard.writeText(code.innerText);
-          button.textContent = "Copied";
+          button.textContent = t("common.copied");
         } catch (_) {
-          button.textContent = "Copy failed";
+          button.textContent = t("common.copyFailed");
         }
-        setTimeout(() => (button.textContent = "Copy"), 1500);
+        setTimeout(() => (button.textContent = t("common.copy")), 1500);
       });
       pre.appendChild(button);
     }
+  }
+
+  /* Turn each `[n]` naming one of `numbers` into a link to that source (text outside code and links). */
+  function linkCitations(body, numbers, anchor) {
+    const walker = document.createTreeWalker(body, NodeFilter.SHOW_TEXT, {
+      acceptNode: (node) =>
+        node.parentElement.closest("code, pre, a") || !/\[\d{1,3}\]/.test(node.nodeValue)
+          ? NodeFilter.FILTER_REJECT
+          : NodeFilter.FILTER_ACCEPT,
+    });
+    const nodes = [];
+    while (walker.nextNode()) nodes.push(walker.currentNode);
+    for (const node of nodes) {
+      const parts = node.nodeValue.split(/(\[\d{1,3}\])/);
+      const fragment = document.createDocumentFragment();
+      for (const part of parts) {
+        const m = /^\[(\d{1,3})\]$/.exec(part);
+        if (m && numbers.has(Number(m[1]))) {
+          const n = Number(m[1]);
+          const link = F.el("a", { class: "cite", href: `#${anchor}-${n}`, "data-source": n, text: `[${n}]` });
+          link.addEventListener("click", (event) => {
+            event.preventDefault();
+            const target = document.getElementById(`${anchor}-${n}`);
+            if (!target) return;
+            target.scrollIntoView({ block: "nearest", behavior: "smooth" });
+            target.classList.remove("flash");
+            void target.offsetWidth; // restart the highlight animation
+            target.classList.add("flash");
+          });
+          fragment.append(link);
+        } else if (part) {
+          fragment.append(document.createTextNode(part));
+        }
+      }
+      node.replaceWith(fragment);
+    }
+  }
+
+  function sourceLink(source) {
+    const hash = `kb=${encodeURIComponent(source.kb)}&chunk=${encodeURIComponent(source.id)}`;
+    return `/kb#${hash}`;
+  }
+
+  /* The numbered sources under an answer, and its markers linked to them. */
+  function renderSources(m, sources) {
+    m.sources.replaceChildren();
+    if (!sources || !sources.length) {
+      m.sources.hidden = true;
+      return;
+    }
+    const anchor = m.root.dataset.anchor;
+    const list = F.el("ol", { class: "source-list" });
+    for (const s of sources) {
+      const where = [s.title || F.fmt.fileName(s.source), s.heading].filter(Boolean).join(" › ");
+      const page = s.page ? ` · ${t("chat.page", { page: s.page })}` : "";
+      list.append(
+        F.el(
+          "li",
+          { id: `${anchor}-${s.number}`, class: "source" + (s.cited ? " cited" : ""), "data-testid": "source" },
+          F.el("span", { class: "source-number", text: `[${s.number}]` }),
+          F.el(
+            "div",
+            { class: "source-body" },
+            F.el("div", { class: "source-where", text: where + page }),
+            F.el("div", { class: "source-text", text: s.text.length > 240 ? s.text.slice(0, 239) + "…" : s.text }),
+            F.el(
+              "a",
+              { class: "source-open", href: sourceLink(s), title: t("chat.openSource") },
+              F.icon("external"),
+              F.el("span", { text: `${s.kb} · ${F.fmt.fileName(s.source)}` }),
+            ),
+          ),
+        ),
+      );
+    }
+    m.sources.append(F.el("div", { class: "sources-title", text: t("chat.sources") }), list);
+    m.sources.hidden = false;
+    linkCitations(m.body, new Set(sources.map((s) => s.number)), anchor);
   }
 
   function nearBottom() {
@@ -225,29 +257,47 @@
     el.messages.scrollTop = el.messages.scrollHeight;
   }
 
-  const ROLE_LABELS = { user: "You", assistant: "Assistant", system: "System" };
+  const ROLE_LABELS = { user: "chat.you", assistant: "chat.assistant", system: "chat.system" };
 
-  /* A message element; returns {root, body, meta}. Assistant text is Markdown, the rest is plain text. */
-  function messageElement(role, content) {
+  function actionButton(iconName, label, testid, onClick) {
+    return F.el(
+      "button",
+      { type: "button", class: "button small ghost", "data-testid": testid, title: label, onclick: onClick },
+      F.icon(iconName),
+      F.el("span", { class: "label", text: label }),
+    );
+  }
+
+  /* A message element; returns {root, body, meta, sources, actions, text}. Assistant text is Markdown. */
+  function messageElement(role, content, sources) {
     const root = document.createElement("article");
     root.className = `message ${role}`;
     root.dataset.role = role;
     root.dataset.testid = "message";
-    const label = document.createElement("div");
-    label.className = "role";
-    label.textContent = ROLE_LABELS[role] || role;
-    const body = document.createElement("div");
-    body.className = role === "assistant" ? "content markdown" : "content plain";
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    root.append(label, body, meta);
+    root.dataset.anchor = `answer-${++answerCounter}`;
+    const label = F.el("div", { class: "role", text: t(ROLE_LABELS[role] || role) });
+    const body = F.el("div", { class: role === "assistant" ? "content markdown" : "content plain" });
+    const sourcesBox = F.el("div", { class: "sources", hidden: true });
+    const meta = F.el("div", { class: "meta" });
+    const actions = F.el("div", { class: "message-actions" });
+    root.append(label, body, sourcesBox, meta, actions);
+    const m = { root, body, meta, sources: sourcesBox, actions, text: content };
     if (role === "assistant") {
       renderMarkdown(body, content);
       addCopyButtons(body);
+      renderSources(m, sources);
     } else {
       body.textContent = content;
     }
-    return { root, body, meta };
+    return m;
+  }
+
+  /* Copy on every finished answer; Regenerate on the conversation's last one. */
+  function addAnswerActions(m, isLast) {
+    m.actions.replaceChildren(
+      actionButton("copy", t("common.copy"), "copy-answer", () => F.copyText(m.text, m.actions.firstChild)),
+    );
+    if (isLast) m.actions.append(actionButton("refresh", t("chat.regenerate"), "regenerate", regenerate));
   }
 
   function showEmpty(show) {
@@ -267,23 +317,19 @@
     for (const node of el.messages.querySelectorAll(".message")) node.remove();
     const messages = state.active ? state.active.messages : [];
     showEmpty(messages.length === 0);
-    for (const m of messages) el.messages.appendChild(messageElement(m.role, m.content).root);
+    messages.forEach((msg, i) => {
+      const m = messageElement(msg.role, msg.content, msg.sources);
+      if (msg.role === "assistant") addAnswerActions(m, i === messages.length - 1);
+      el.messages.appendChild(m.root);
+    });
     scrollToBottom();
     renderTitle();
   }
 
   function renderTitle() {
-    const title = (state.active && state.active.title) || "New chat";
+    const title = (state.active && state.active.title) || t("chat.newChat");
     el.title.textContent = title;
     document.title = `${title} · LLMForge`;
-  }
-
-  function timeAgo(seconds) {
-    const diff = Date.now() / 1000 - seconds;
-    if (diff < 60) return "just now";
-    if (diff < 3600) return `${Math.floor(diff / 60)} min ago`;
-    if (diff < 86400) return `${Math.floor(diff / 3600)} h ago`;
-    return new Date(seconds * 1000).toLocaleDateString();
   }
 
   function renderSidebar() {
@@ -302,21 +348,18 @@
       const title = c.title || "Untitled";
       open.title = title;
       if (c.id === activeId) open.setAttribute("aria-current", "true");
-      const name = document.createElement("span");
-      name.className = "conversation-title";
-      name.textContent = title;
-      const info = document.createElement("span");
-      info.className = "conversation-meta";
-      const count = `${c.message_count} message${c.message_count === 1 ? "" : "s"}`;
-      info.textContent = `${count} · ${timeAgo(c.updated_at)}`;
-      open.append(name, info);
+      const count = c.message_count === 1 ? t("chat.message1") : t("chat.messages", { n: c.message_count });
+      open.append(
+        F.el("span", { class: "conversation-title", text: title }),
+        F.el("span", { class: "conversation-meta", text: `${count} · ${F.fmt.ago(c.updated_at)}` }),
+      );
       open.addEventListener("click", () => openConversation(c.id));
 
       const del = document.createElement("button");
       del.type = "button";
       del.className = "conversation-delete";
-      del.title = "Delete (click twice)";
-      del.setAttribute("aria-label", `Delete conversation ${title}`);
+      del.title = t("chat.deleteConversation");
+      del.setAttribute("aria-label", `${t("common.delete")}: ${title}`);
       del.textContent = "×";
       del.addEventListener("click", (event) => {
         event.stopPropagation();
@@ -325,7 +368,7 @@
           return;
         }
         del.dataset.confirm = "1";
-        del.textContent = "Delete?";
+        del.textContent = t("chat.deleteAsk");
         setTimeout(() => {
           del.dataset.confirm = "";
           del.textContent = "×";
@@ -337,22 +380,11 @@
     }
   }
 
-  // -- errors and busy state ---------------------------------------------------------------------------
-
-  function showError(message) {
-    el.errorText.textContent = message;
-    el.error.hidden = false;
-  }
-
-  function clearError() {
-    el.error.hidden = true;
-    el.errorText.textContent = "";
-  }
-
   function setStreaming(on) {
     el.send.hidden = on;
     el.stop.hidden = !on;
     el.layout.classList.toggle("busy", on);
+    for (const b of el.messages.querySelectorAll("[data-testid=regenerate]")) b.disabled = on;
   }
 
   function setSidebarOpen(open) {
@@ -368,27 +400,38 @@
     try {
       body = await api("GET", "/v1/models");
     } catch (err) {
-      showError(`Could not load the models: ${err.message}`);
+      showError(t("chat.loadModelsFailed", { error: err.message }));
       return;
     }
     const chat = (body.data || []).filter((m) => !m.llmforge || m.llmforge.kind === "chat");
+    state.models = chat;
+    const previous = el.model.value;
     el.model.replaceChildren();
     if (!chat.length) {
-      const option = new Option("No chat models configured", "");
+      const option = new Option(t("chat.noModels"), "");
       option.disabled = true;
       el.model.appendChild(option);
       el.model.disabled = true;
-      showError("No chat model is configured. Add one under `models:` in llmforge.yaml.");
+      showError(t("chat.noModelsHelp"));
       return;
     }
-    for (const m of chat) {
-      const provider = m.llmforge && m.llmforge.provider;
-      const option = new Option(m.id, m.id);
-      if (provider) option.title = `${m.id} (${provider})`;
-      el.model.appendChild(option);
+    const grounded = (m) => m.llmforge && m.llmforge.provider === "rag";
+    const groups = [
+      [t("chat.models"), chat.filter((m) => !grounded(m))],
+      [t("chat.kbModels"), chat.filter(grounded)],
+    ].filter(([, models]) => models.length);
+    for (const [label, models] of groups) {
+      const parent = groups.length > 1 ? F.el("optgroup", { label }) : el.model;
+      for (const m of models) {
+        const provider = m.llmforge && m.llmforge.provider;
+        const option = new Option(m.id, m.id);
+        if (provider) option.title = `${m.id} (${provider})`;
+        parent.appendChild(option);
+      }
+      if (parent !== el.model) el.model.appendChild(parent);
     }
     el.model.disabled = false;
-    const saved = localStorage.getItem(MODEL_KEY);
+    const saved = previous || localStorage.getItem(MODEL_KEY);
     if (saved && chat.some((m) => m.id === saved)) el.model.value = saved;
   }
 
@@ -401,7 +444,7 @@
       const body = await api("GET", "/api/conversations");
       state.conversations = body.data || [];
     } catch (err) {
-      showError(`Could not load the conversations: ${err.message}`);
+      showError(t("chat.loadConversationsFailed", { error: err.message }));
       return;
     }
     renderSidebar();
@@ -422,7 +465,7 @@
     try {
       conversation = await api("GET", `/api/conversations/${encodeURIComponent(id)}`);
     } catch (err) {
-      showError(`Could not open the conversation: ${err.message}`);
+      showError(t("chat.openFailed", { error: err.message }));
       return;
     }
     state.active = conversation;
@@ -450,7 +493,7 @@
     try {
       await api("DELETE", `/api/conversations/${encodeURIComponent(id)}`);
     } catch (err) {
-      showError(`Could not delete the conversation: ${err.message}`);
+      showError(t("chat.deleteFailed", { error: err.message }));
       return;
     }
     if (state.active && state.active.id === id) newChat();
@@ -462,7 +505,7 @@
     if (!text.trim() || state.streaming) return;
     const model = el.model.value;
     if (!model) {
-      showError("Pick a model first. If the list is empty, add a chat model to llmforge.yaml.");
+      showError(t("chat.pickModel"));
       return;
     }
     clearError();
@@ -484,44 +527,48 @@
         await api("PATCH", `/api/conversations/${encodeURIComponent(conversation.id)}`, { model });
         conversation.model = model;
       }
-      const saved = await api(
-        "POST",
-        `/api/conversations/${encodeURIComponent(conversation.id)}/messages`,
-        { role: "user", content: text },
-      );
+      const saved = await api("POST", `/api/conversations/${encodeURIComponent(conversation.id)}/messages`, {
+        role: "user",
+        content: text,
+      });
       conversation.messages.push(saved);
       if (!conversation.title) conversation.title = text.trim().split(/\s+/).join(" ").slice(0, 60);
     } catch (err) {
-      showError(`Your message could not be saved: ${err.message}`);
+      showError(t("chat.saveFailed", { error: err.message }));
       if (!el.prompt.value) el.prompt.value = text;
       autosize();
       state.streaming = null;
       setStreaming(false);
       return;
     }
-    const visible = () => state.active === conversation;
-    if (visible()) {
+    if (state.active === conversation) {
+      for (const b of el.messages.querySelectorAll("[data-testid=regenerate]")) b.remove();
       appendMessage("user", text);
       renderTitle();
     }
     loadConversations();
+    await answer(conversation, model, controller);
+  }
 
-    // 2. stream the answer into a new assistant message
+  /* Stream the answer to the conversation's history into a new assistant message and save it. */
+  async function answer(conversation, model, controller) {
+    const visible = () => state.active === conversation;
     const history = conversation.messages.map((m) => ({ role: m.role, content: m.content }));
-    const answer = visible() ? appendMessage("assistant", "") : messageElement("assistant", "");
-    answer.root.classList.add("streaming");
-    answer.root.setAttribute("aria-busy", "true"); // screen readers wait for the finished answer
+    const m = visible() ? appendMessage("assistant", "") : messageElement("assistant", "");
+    m.root.classList.add("streaming");
+    m.root.setAttribute("aria-busy", "true"); // screen readers wait for the finished answer
     let reply = "";
     let pending = false;
     const paint = () => {
       pending = false;
       const stick = nearBottom();
-      renderMarkdown(answer.body, reply);
+      renderMarkdown(m.body, reply);
       if (stick && visible()) scrollToBottom();
     };
     let outcome = "done";
+    let result = null;
     try {
-      await streamChat(model, history, controller.signal, (piece) => {
+      result = await streamChat(model, history, controller.signal, (piece) => {
         reply += piece;
         if (!pending) {
           pending = true;
@@ -533,38 +580,67 @@
         outcome = "stopped";
       } else {
         outcome = "error";
-        showError(`No answer from '${model}': ${err.message}`);
+        showError(t("chat.noAnswer", { model, error: err.message }));
       }
     }
     paint();
-    addCopyButtons(answer.body);
-    answer.root.classList.remove("streaming");
-    answer.root.removeAttribute("aria-busy");
+    m.text = reply;
+    const sources = (result && result.sources) || [];
+    addCopyButtons(m.body);
+    renderSources(m, sources);
+    m.root.classList.remove("streaming");
+    m.root.removeAttribute("aria-busy");
     if (!reply) {
-      answer.root.remove();
+      m.root.remove();
       if (visible() && !conversation.messages.length) showEmpty(true);
     } else if (outcome !== "done") {
-      answer.root.classList.add(outcome);
-      answer.meta.textContent = outcome === "stopped" ? "Stopped" : "Incomplete: the answer broke off";
+      m.root.classList.add(outcome);
+      m.meta.textContent = outcome === "stopped" ? t("chat.stopped") : t("chat.incomplete");
     }
 
-    // 3. persist the answer (a stopped one too, as far as it got)
+    // persist the answer (a stopped one too, as far as it got)
     if (reply && outcome !== "error") {
       try {
-        const saved = await api(
-          "POST",
-          `/api/conversations/${encodeURIComponent(conversation.id)}/messages`,
-          { role: "assistant", content: reply },
-        );
+        const saved = await api("POST", `/api/conversations/${encodeURIComponent(conversation.id)}/messages`, {
+          role: "assistant",
+          content: reply,
+          sources: sources.length ? sources : null,
+        });
         conversation.messages.push(saved);
+        addAnswerActions(m, true);
       } catch (err) {
-        showError(`The answer could not be saved: ${err.message}`);
+        showError(t("chat.answerSaveFailed", { error: err.message }));
       }
     }
     state.streaming = null;
     setStreaming(false);
     await loadConversations();
     if (visible()) el.prompt.focus();
+  }
+
+  /* Replace the last answer with a new one from the model picked now. */
+  async function regenerate() {
+    const conversation = state.active;
+    if (!conversation || state.streaming) return;
+    const last = conversation.messages[conversation.messages.length - 1];
+    if (!last || last.role !== "assistant") return;
+    const model = el.model.value;
+    clearError();
+    const controller = new AbortController();
+    state.streaming = { controller, conversationId: conversation.id };
+    setStreaming(true);
+    try {
+      await api("DELETE", `/api/conversations/${encodeURIComponent(conversation.id)}/messages/${last.id}`);
+    } catch (err) {
+      showError(t("chat.regenerateFailed", { error: err.message }));
+      state.streaming = null;
+      setStreaming(false);
+      return;
+    }
+    conversation.messages.pop();
+    const nodes = el.messages.querySelectorAll(".message");
+    if (nodes.length) nodes[nodes.length - 1].remove();
+    await answer(conversation, model, controller);
   }
 
   function autosize() {
@@ -588,34 +664,26 @@
   el.prompt.addEventListener("input", autosize);
   el.stop.addEventListener("click", stopStreaming);
   el.newChat.addEventListener("click", newChat);
-  el.errorClose.addEventListener("click", clearError);
-  el.toggleSidebar.addEventListener("click", () =>
-    setSidebarOpen(!el.layout.classList.contains("sidebar-open")),
-  );
+  el.toggleSidebar.addEventListener("click", () => setSidebarOpen(!el.layout.classList.contains("sidebar-open")));
   el.scrim.addEventListener("click", () => setSidebarOpen(false));
   el.model.addEventListener("change", async () => {
     localStorage.setItem(MODEL_KEY, el.model.value);
     const conversation = state.active;
     if (conversation && !state.streaming && conversation.model !== el.model.value) {
       try {
-        await api("PATCH", `/api/conversations/${encodeURIComponent(conversation.id)}`, {
-          model: el.model.value,
-        });
+        await api("PATCH", `/api/conversations/${encodeURIComponent(conversation.id)}`, { model: el.model.value });
         conversation.model = el.model.value;
       } catch (err) {
-        showError(`Could not change the conversation's model: ${err.message}`);
+        showError(t("chat.modelChangeFailed", { error: err.message }));
       }
     }
   });
 
-  el.apiKey.addEventListener("click", async () => {
-    const current = localStorage.getItem(KEY_STORAGE) || "";
-    const entered = window.prompt("API key for this server (kept in this browser only):", current);
-    if (entered === null) return;
-    if (entered.trim()) localStorage.setItem(KEY_STORAGE, entered.trim());
-    else localStorage.removeItem(KEY_STORAGE);
-    clearError();
-    await Promise.all([loadModels(), loadConversations()]);
+  F.onKey(() => Promise.all([loadModels(), loadConversations()]));
+  F.onLanguage(() => {
+    if (!state.streaming) renderConversation();
+    renderSidebar();
+    loadModels();
   });
 
   async function start() {
@@ -625,7 +693,7 @@
     if (id && state.conversations.some((c) => c.id === id)) await openConversation(id);
     else if (id) setLocation(null);
     el.prompt.focus();
-    document.body.dataset.ready = "true";
+    F.ready();
   }
 
   start();
