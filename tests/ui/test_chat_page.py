@@ -8,13 +8,13 @@ makes to any other origin are blocked and recorded, and each test asserts there 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, Route, expect
 
 from llmforge.core.config import ModelConfig
 from llmforge.core.errors import ModelError
@@ -23,20 +23,11 @@ from llmforge.core.types import Completion, Delta, Message, Sampling
 from llmforge.models.base import chat_models
 from llmforge.ui import create_web_app
 from tests.fakes.server import serve
+from tests.ui.conftest import PageFactory, Server, ensure_manual, require_chromium
+from tests.ui.conftest import open_page as open_at
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SLOW_WORDS = " ".join(f"word{i}" for i in range(1, 201))
 MODELS = [
     {
@@ -51,13 +42,7 @@ MODELS = [
 ]
 EMBEDDINGS = [{"name": "hash", "provider": "fake", "dimensions": 8}]
 
-if not Path(CHROMIUM).exists():
-    reason = f"{CHROMIUM} is missing; install it with `apt-get install -y chromium chromium-driver`"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
+require_chromium()
 
 
 class FlakyChatModel:
@@ -95,20 +80,10 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 @pytest.fixture
 def page(browser: Browser, base_url: str) -> Iterator[Page]:
     """A fresh browser context (empty localStorage); fails on script errors or outside requests."""
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
     script_errors: list[str] = []
     outside_requests: list[str] = []
 
@@ -290,11 +265,88 @@ def test_with_api_keys_on_the_page_asks_for_a_key_and_then_works(
         try:
             page.goto(base + "/")
             expect(page.locator("#error")).to_contain_text("Set your API key")
-            page.once("dialog", lambda dialog: dialog.accept("sk-test-master"))
             page.click("#api-key")
+            page.fill("#key-input", "sk-test-master")
+            page.click("#key-save")
             expect(page.locator("#model-select option")).to_have_count(1)
+            expect(page.locator("#error")).to_be_hidden()
             send(page, "fake", "hello with a key")
             expect(page.locator(".message.assistant")).to_contain_text("Hello from the fake model")
             assert httpx.get(base + "/api/conversations").status_code == 401
         finally:
             context.close()
+
+
+# -- the workbench's chat: knowledge-base sources, copy, regenerate, the key icon ------------------
+
+
+def test_kb_model_answers_with_sources_its_markers_link_to(
+    new_page: PageFactory, open_server: Server
+) -> None:
+    ensure_manual(open_server)
+    page = new_page(open_server)
+    open_at(page, open_server, "/")
+    groups = page.locator("#model-select optgroup")
+    expect(groups).to_have_count(2)
+    expect(groups.nth(1).locator("option")).to_have_text(["docs"])  # provider rag
+
+    send(page, "docs", "How often do I replace the seals?")
+    answer = page.locator(".message.assistant")
+    cite = answer.locator("a.cite")
+    expect(cite).to_have_text("[1]")
+    source = answer.locator("[data-testid=source]").first
+    expect(source).to_contain_text("Pump Manual")
+    expect(source).to_contain_text("Seals")
+    expect(source).to_have_class("source cited")
+    target = cite.get_attribute("href")
+    assert target and target == "#" + (source.get_attribute("id") or "")
+    cite.click()
+    expect(source).to_have_class("source cited flash")
+    link = source.locator("a.source-open").get_attribute("href")
+    assert link and link.startswith("/kb#kb=manuals&chunk=")
+
+    page.reload()  # sources are kept with the answer
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.locator("#conversations .conversation-open").first.click()
+    expect(page.locator(".message.assistant a.cite")).to_have_text("[1]")
+    expect(page.locator(".message.assistant [data-testid=source]").first).to_contain_text("Seals")
+
+
+def test_copy_and_regenerate_the_last_answer(new_page: PageFactory, open_server: Server) -> None:
+    page = new_page(open_server, permissions=["clipboard-read", "clipboard-write"])
+    open_at(page, open_server, "/")
+    send(page, "echo", "say this back")
+    answer = page.locator(".message.assistant")
+    expect(answer.locator(".content")).to_have_text("say this back")
+    answer.locator("[data-testid=copy-answer]").click()
+    expect(answer.locator("[data-testid=copy-answer]")).to_contain_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "say this back"
+
+    page.select_option("#model-select", "fake")  # regenerate with another model
+    answer.locator("[data-testid=regenerate]").click()
+    expect(page.locator(".message.assistant .content")).to_have_text("Paris")
+    expect(page.locator(".message")).to_have_count(2)
+    cid = page.evaluate("decodeURIComponent(location.hash.slice(1))")
+    saved = open_server.call("GET", f"/api/conversations/{cid}").json()["messages"]
+    assert [(m["role"], m["content"]) for m in saved] == [
+        ("user", "say this back"),
+        ("assistant", "Paris"),
+    ]
+
+    send(page, "echo", "second question")  # only the last answer can be regenerated
+    expect(page.locator(".message.assistant")).to_have_count(2)
+    expect(page.locator("[data-testid=regenerate]")).to_have_count(1)
+    expect(
+        page.locator(".message.assistant").last.locator("[data-testid=regenerate]")
+    ).to_be_visible()
+
+
+def test_key_button_is_an_svg_icon_not_a_glyph(new_page: PageFactory, open_server: Server) -> None:
+    page = new_page(open_server)
+    open_at(page, open_server, "/")
+    button = page.locator("#api-key")
+    expect(button.locator("svg path")).to_have_count(1)
+    assert button.inner_text().strip() == ""  # nothing a font has to draw
+    box = button.locator("svg").bounding_box()
+    assert box and box["width"] >= 16 and box["height"] >= 16
+    expect(button).to_have_attribute("aria-label", "API key")

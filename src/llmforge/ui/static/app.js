@@ -221,7 +221,9 @@
     const anchor = m.root.dataset.anchor;
     const list = F.el("ol", { class: "source-list" });
     for (const s of sources) {
-      const where = [s.title || F.fmt.fileName(s.source), s.heading].filter(Boolean).join(" › ");
+      const title = s.title || F.fmt.fileName(s.source);
+      const headings = (s.heading || "").split(" > ").filter((h) => h && h !== title);
+      const where = [title, ...headings].join(" › ");
       const page = s.page ? ` · ${t("chat.page", { page: s.page })}` : "";
       list.append(
         F.el(
@@ -558,9 +560,9 @@
     m.root.classList.add("streaming");
     m.root.setAttribute("aria-busy", "true"); // screen readers wait for the finished answer
     let reply = "";
-    let pending = false;
+    let pending = 0;
     const paint = () => {
-      pending = false;
+      pending = 0;
       const stick = nearBottom();
       renderMarkdown(m.body, reply);
       if (stick && visible()) scrollToBottom();
@@ -570,10 +572,7 @@
     try {
       result = await streamChat(model, history, controller.signal, (piece) => {
         reply += piece;
-        if (!pending) {
-          pending = true;
-          requestAnimationFrame(paint);
-        }
+        if (!pending) pending = requestAnimationFrame(paint);
       });
     } catch (err) {
       if (err.name === "AbortError") {
@@ -583,6 +582,7 @@
         showError(t("chat.noAnswer", { model, error: err.message }));
       }
     }
+    if (pending) cancelAnimationFrame(pending); // a late frame would repaint over the links below
     paint();
     m.text = reply;
     const sources = (result && result.sources) || [];
