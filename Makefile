@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install lint typecheck bench browser redis postgres clean llama-src llama-tools
+.PHONY: run test install lint typecheck bench browser redis postgres clean llama-src llama-tools converter
 
 # llama-cpp-python is built from source once, for a portable x86-64 (AVX2) target rather than
 # -march=native, and the wheel kept outside the repo: a native build on a CPU with AMX crashes in
@@ -70,6 +70,16 @@ llama-tools:
 	@test -x $(LLAMA_SERVER) || $(MAKE) --no-print-directory $(LLAMA_SERVER) || \
 		echo "warning: could not build llama-server; local models run in-process"
 
+# GGUF export (llmforge distill): llama.cpp's convert_hf_to_gguf.py and gguf-py are in the sdist
+# that llama-src unpacks; the converter also needs sentencepiece, installed beside it (not in .venv).
+CONVERTER_DEPS := $(LLAMA_CACHE)/converter-deps
+$(CONVERTER_DEPS)/.installed: | $(LLAMA_SRC)/.extracted
+	$(BIN)/python -m pip install --quiet --no-deps --target $(CONVERTER_DEPS) sentencepiece
+	@touch $@
+converter:
+	@test -f $(CONVERTER_DEPS)/.installed || $(MAKE) --no-print-directory \
+		$(CONVERTER_DEPS)/.installed || echo "warning: no GGUF converter; distill export will fail"
+
 run: install llama-tools
 	$(BIN)/llmforge serve $(ARGS)
 
@@ -117,7 +127,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install llama-tools browser redis postgres lint typecheck
+test: install llama-tools converter browser redis postgres lint typecheck
 	LLMFORGE_TEST_REDIS_URL="$${LLMFORGE_TEST_REDIS_URL:-$$(redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 \
 		&& echo redis://127.0.0.1:$(REDIS_PORT)/15)}" \
 	LLMFORGE_TEST_POSTGRES_URL="$${LLMFORGE_TEST_POSTGRES_URL:-$$($(PG_CLUSTER) url --port $(PG_PORT))}" \
