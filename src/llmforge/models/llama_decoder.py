@@ -45,6 +45,7 @@ from llmforge.core.errors import InvalidRequestError, ModelError
 from llmforge.core.types import Sampling, TokenLogprob, TopLogprob
 
 GREEDY_CANDIDATES = 256
+VOCAB_CTX = 8  # the context of a vocabulary-only load (it decodes nothing; larger ones warn)
 # llama-cpp-python's create_completion defaults, so that unset options sample the same way
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95

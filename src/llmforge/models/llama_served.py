@@ -56,6 +56,7 @@ from llmforge.models.llama_decoder import (
     DEFAULT_TOP_P,
     MIN_P,
     TOP_K,
+    VOCAB_CTX,
     Step,
     Vocab,
     seed_for,
@@ -285,7 +286,7 @@ class ServedLlamaChatModel:
         from llama_cpp import Llama
 
         try:
-            llm = Llama(model_path=str(self._path), vocab_only=True, verbose=False)
+            llm = Llama(model_path=str(self._path), vocab_only=True, n_ctx=VOCAB_CTX, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
                 f"model '{self.name}': cannot load GGUF '{self._path}': {e}"
