@@ -86,3 +86,10 @@ def test_flywheel_file_errors_name_the_key(tmp_path: Path) -> None:
         "gpt",
         "builtin:smollm2",
     )
+
+
+def test_a_fixed_test_split_is_kept_whole_and_out_of_training(tmp_path: Path) -> None:
+    test = [ex(i) for i in range(5)]
+    info = build_dataset([ex(i) for i in range(40)], CollectSpec(), tmp_path, "t", test)
+    assert [e.id for e in read_split(Path(info.folder), "test")] == [e.id for e in test]
+    assert info.counts["train"] + info.counts["val"] == 35

@@ -152,11 +152,16 @@ def from_feedback(store: DistillStore, spec: CollectSpec) -> list[Example]:
 
 
 def build_dataset(
-    examples: Sequence[Example], spec: CollectSpec, root: Path, source: str
+    examples: Sequence[Example],
+    spec: CollectSpec,
+    root: Path,
+    source: str,
+    test: Sequence[Example] | None = None,
 ) -> DatasetInfo:
     """Deduplicate, split and write the dataset under `root/<sha256>/`; an identical dataset
-    already written is reused."""
-    seen: set[str] = set()
+    already written is reused. With a fixed `test` split, prompts it holds are left out of the
+    others and the rest is split between train and val."""
+    seen: set[str] = {ex.key() for ex in test or ()}
     unique: list[Example] = []
     for ex in examples:
         key = ex.key()
@@ -170,7 +175,10 @@ def build_dataset(
         )
     parts: dict[Split, list[Example]] = {s: [] for s in SPLITS}
     for ex in unique:
-        parts[split_of(ex, spec)].append(ex)
+        split = split_of(ex, spec)
+        parts["val" if test is not None and split == "test" else split].append(ex)
+    if test is not None:
+        parts["test"] = list(test)
     if not parts["train"] or not parts["test"]:
         raise InvalidRequestError(
             f"{len(unique)} examples leave an empty train or test split; collect more (a few "

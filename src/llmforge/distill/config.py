@@ -40,6 +40,11 @@ class CollectSpec(Spec):
     system: str | None = Field(
         None, description="a system message put before each prompt (jsonl source)"
     )
+    test_path: str | None = Field(
+        None,
+        description="a JSONL file (same fields) that is the test split as it is, e.g. a "
+        "benchmark's dev set; the source then fills only train and val",
+    )
     model: str | None = Field(None, description="traces: calls made to this model")
     key_id: str | None = Field(None, description="traces: calls made with this API key id")
     since: float | None = Field(None, description="traces: unix time, calls at or after it")

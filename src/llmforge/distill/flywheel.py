@@ -135,7 +135,8 @@ class Flywheel:
         else:
             examples = await asyncio.to_thread(from_traces, self.engine, spec)
             source = f"traces:{spec.model or '*'}"
-        info = build_dataset(examples, spec, self.root / "datasets", source)
+        test = from_jsonl(Path(spec.test_path).expanduser(), spec) if spec.test_path else None
+        info = build_dataset(examples, spec, self.root / "datasets", source, test)
         run_id = f"{self.spec.name}-collect-{info.sha256[:12]}"
         if (found := self.store.find_run(run_id)) is not None and found.status == "done":
             return found
