@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,16 @@ async def test_rollback_sends_everything_back_at_once(store: DistillStore) -> No
 def test_a_route_needs_a_servable_student(store: DistillStore) -> None:
     with pytest.raises(InvalidRequestError, match="no active version"):
         open_route(store, "gpt", "nobody", RouteSpec(share=0.5))
+
+
+async def test_the_last_routes_are_kept_while_the_database_is_down(
+    store: DistillStore, tmp_path: Path
+) -> None:
+    p = policy(store, share=1.0)
+    serve = Scripted(answer("injection", logprob=-0.01))
+    assert (await ask(p, serve))[0] is not None
+    store.engine.dispose()
+    (tmp_path / "llmforge.db").unlink()
+    (tmp_path / "llmforge.db").mkdir()  # the file is gone and cannot be re-created
+    got, tags = await ask(p, Scripted(answer("benign", logprob=-5.0)))  # escalated, unrecorded
+    assert got is not None and got.text == "injection" and tags["distill.served"] == "escalated"

@@ -15,18 +15,21 @@ Escalations and disagreements are the next dataset (`collect.source: feedback`):
 Calls the student cannot take (tools, n > 1) are left to the router. Routes are read from the
 database at most every `distill.refresh_s`, so `llmforge distill promote` / `rollback` in another
 process reach a running gateway within that. Chosen calls are tagged in their trace metadata:
-`distill.served` = student | teacher | escalated (and `distill.reason`).
+`distill.served` = student | teacher | escalated (and `distill.reason`). While the database is
+down the policy keeps the routes it last read and answers without recording feedback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from llmforge.core.errors import InvalidRequestError, LLMForgeError
 from llmforge.core.settings import Settings
@@ -36,6 +39,7 @@ from llmforge.distill.label import normalized
 from llmforge.distill.store import DistillStore, Feedback, Route
 from llmforge.evals.metrics import json_errors
 
+log = logging.getLogger(__name__)
 Serve = Callable[[str, Sampling], Awaitable[Completion]]
 
 
@@ -69,8 +73,12 @@ class RoutePolicy:
         if time.monotonic() - self._read_at >= self.refresh_s:
             async with self._lock:
                 if time.monotonic() - self._read_at >= self.refresh_s:
-                    found = await asyncio.to_thread(self.store.routes)
-                    self._routes = {r.model: r for r in found}
+                    try:
+                        found = await asyncio.to_thread(self.store.routes)
+                    except SQLAlchemyError as e:  # the database is down: keep the last routes
+                        log.warning("distill routes not re-read (%s); keeping the last ones", e)
+                    else:
+                        self._routes = {r.model: r for r in found}
                     self._read_at = time.monotonic()
         return self._routes
 
@@ -165,7 +173,11 @@ class RoutePolicy:
                 "teacher_answer": teacher,
             }
         )
-        await asyncio.to_thread(self.store.add_feedback, feedback)
+        try:
+            await asyncio.to_thread(self.store.add_feedback, feedback)
+        except SQLAlchemyError as e:  # the answer stands; only the record of it is lost
+            log.warning("distill feedback not recorded (%s)", e)
+            return
         if route.auto_promote and route.state == "canary" and kind != "escalation":
             comparison = await asyncio.to_thread(
                 self.store.comparison, route.model, route.updated_at
