@@ -340,6 +340,7 @@
     event.preventDefault();
     F.clearError();
     const status = $("start-status");
+    status.textContent = "";
     const file = $("dataset-file").files[0];
     const dataset = file ? await file.text() : $("dataset-text").value;
     if (!dataset.trim()) {
