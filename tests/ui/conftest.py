@@ -108,7 +108,11 @@ class Server:
         return httpx.request(method, self.base + path, headers=self.headers(), timeout=30, **kw)
 
     def chat(self, model: str, text: str) -> httpx.Response:
-        body = {"model": model, "messages": [{"role": "user", "content": text}]}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 16,  # keeps a budgeted key's worst case small on the priced model
+        }
         return self.call("POST", "/v1/chat/completions", json=body)
 
     def wait_for_run(self, run_id: str) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def populate(server: Server) -> None:
     server.made["keys"] = made
     user = Server(server.base, made[0]["key"])
     for i in range(3):
-        user.chat("fake", f"A question from the search team ({i})")
+        assert user.chat("fake", f"A question from the search team ({i})").status_code == 200
 
 
 @pytest.fixture(scope="session")
