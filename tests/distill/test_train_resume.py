@@ -21,7 +21,7 @@ from tests.cli_process import llmforge
 from tests.distill.conftest import SYSTEM, task_settings, write_task
 
 pytestmark = pytest.mark.slow
-STEPS = 12
+STEPS = 8
 
 
 def test_a_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
