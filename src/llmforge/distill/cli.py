@@ -273,7 +273,13 @@ def status(ctx: typer.Context, config: ConfigOption = None, as_json: JsonOption 
             }
         )
     runs = [
-        {"id": x.id, "stage": x.stage, "status": x.status, "wall_s": x.wall_s, "error": x.error}
+        {
+            "id": x.id,
+            "stage": x.stage,
+            "status": x.status,
+            "wall_s": None if x.wall_s is None else round(x.wall_s, 1),
+            "error": x.error,
+        }
         for x in store.list_runs(limit=20)
     ]
     if as_json:
