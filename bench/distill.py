@@ -139,6 +139,21 @@ async def flywheel(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {stage: run.model_dump(mode="json") for stage, run in report.runs.items()}
 
 
+def confusion(database: str, run_id: str) -> dict[str, int]:
+    """gold label -> student answer counts over the dev run (`other`: neither label)."""
+    from llmforge.core.db import open_engine
+    from llmforge.evals import EvalStore
+    from llmforge.evals.metrics import tokens
+
+    counts: dict[str, int] = {}
+    for r in EvalStore(open_engine(database)).results(run_id):
+        said = " ".join(tokens(r.output.text))
+        said = said if said in ("injection", "benign") else "other"
+        key = f"{r.case.get('expected')}->{said}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=110, help="LoRA steps (110 = ~2 epochs)")
@@ -198,6 +213,12 @@ def main() -> None:
             "baseline_minilm": classic["minilm_lr"]["wall_s"],
             "total": time.perf_counter() - started,
         },
+        "student_confusion": confusion(
+            f"sqlite:///{work / 'bench.db'}", runs["eval"]["result"]["student_run"]
+        ),
+        "gguf_confusion": confusion(
+            f"sqlite:///{work / 'bench.db'}", runs["export"]["id"] + "-gguf"
+        ),
         "threads": threads,
         "workdir": str(work),
     }
