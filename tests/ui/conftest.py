@@ -6,7 +6,9 @@ base, calls, evaluation runs and keys already made, as the screenshots show them
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from llmforge.core.settings import load_settings
+from llmforge.traces import Trace
 from llmforge.ui import create_web_app
 from tests.fakes.server import serve
 
@@ -178,10 +181,44 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("keyed")
     price = {"input_per_mtok": 2000.0, "output_per_mtok": 6000.0}  # cents a call, to see spend
     settings = workbench_settings(folder, price, master_key=MASTER)
-    with serve(create_web_app(settings)) as base:
+    app = create_web_app(settings)
+    with serve(app) as base:
         server = Server(base, MASTER)
         populate(server)
+        app.state.ctx.traces.write(past_day([k["id"] for k in server.made["keys"]]))
         yield server
+
+
+def past_day(key_ids: list[str]) -> list[Trace]:
+    """A day of calls as the trace store keeps them, so charts have a history to draw."""
+    rng = random.Random(7)
+    now = time.time()
+    rows = []
+    for step in range(72):  # every 20 minutes
+        busy = 1 + math.sin(step / 72 * 2 * math.pi) * 0.6
+        for _ in range(int(rng.randint(4, 14) * busy)):
+            failed = rng.random() < 0.04
+            latency = rng.lognormvariate(5.5, 0.5) * (3 if failed else 1)
+            model = rng.choice(["fake", "fake", "docs", "echo"])
+            rows.append(
+                Trace(
+                    created_at=now - 86400 + step * 1200 + rng.uniform(0, 1200),
+                    model=model,
+                    served_by=None if failed else model,
+                    request={"messages": [{"role": "user", "content": "an earlier question"}]},
+                    output="" if failed else "an earlier answer",
+                    prompt_tokens=rng.randint(20, 400),
+                    completion_tokens=0 if failed else rng.randint(10, 300),
+                    latency_ms=latency,
+                    status="error" if failed else "ok",
+                    error="model 'fake': upstream timed out" if failed else None,
+                    cost_usd=0.0 if failed else rng.uniform(0.0005, 0.004),
+                    key_id=rng.choice(key_ids),
+                    cache=rng.choice(["miss", "miss", "miss", "hit"]),
+                    finish_reason=None if failed else "stop",
+                )
+            )
+    return rows
 
 
 @pytest.fixture(scope="session")

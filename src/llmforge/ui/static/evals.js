@@ -253,7 +253,7 @@
         ),
       ),
     );
-    const chart = F.el("div", { class: "chart-box", "data-testid": "delta-chart" });
+    const chart = F.el("div", { class: "chart-box intervals", "data-testid": "delta-chart" });
     // per case, for every shared metric
     const byCase = new Map();
     for (const [side, run] of [["a", runs[0]], ["b", runs[1]]]) {

@@ -50,11 +50,10 @@
     reserved.style.left = spent.style.width;
     reserved.style.width = `${Math.min(100, k.budget_usd > 0 ? (k.reserved_usd / k.budget_usd) * 100 : 0)}%`;
     const bar = F.el("div", { class: "bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": String(k.budget_usd), "aria-valuenow": String(used) }, spent, reserved);
-    box.append(
-      bar,
-      F.el("span", { text: t("keys.spent", { spent: F.fmt.usd(k.spent_usd), budget: F.fmt.usd(k.budget_usd) }) }),
-      k.reserved_usd > 0 ? F.el("span", { class: "muted", text: t("keys.reserved", { reserved: F.fmt.usd(k.reserved_usd) }) }) : null,
-    );
+    box.append(bar, F.el("span", { text: t("keys.spent", { spent: F.fmt.usd(k.spent_usd), budget: F.fmt.usd(k.budget_usd) }) }));
+    if (k.reserved_usd > 0) {
+      box.append(F.el("span", { class: "muted", text: t("keys.reserved", { reserved: F.fmt.usd(k.reserved_usd) }) }));
+    }
     return box;
   }
 

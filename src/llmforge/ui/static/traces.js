@@ -298,7 +298,7 @@
             { class: "drift-signal" + (s.alarm ? " alarm" : ""), "data-signal": s.name, title: s.detail },
             F.el("span", { text: t(`traces.signal.${s.name}`) }),
             F.el("span", { class: "drift-score", text: s.score === null ? "–" : Number(s.score).toFixed(3) }),
-            F.el("span", { class: "muted small", text: `${compare || ""} · ${t("traces.threshold", { threshold: s.threshold })}` }),
+            F.el("span", { class: "muted small", text: [compare, t("traces.threshold", { threshold: s.threshold })].filter(Boolean).join(" · ") }),
           ),
         );
       }
