@@ -90,6 +90,8 @@ def test_flywheel_file_errors_name_the_key(tmp_path: Path) -> None:
 
 def test_a_fixed_test_split_is_kept_whole_and_out_of_training(tmp_path: Path) -> None:
     test = [ex(i) for i in range(5)]
-    info = build_dataset([ex(i) for i in range(40)], CollectSpec(), tmp_path, "t", test)
+    info = build_dataset(
+        [ex(i) for i in range(40)], CollectSpec(val_share=0.0), tmp_path, "t", test
+    )
     assert [e.id for e in read_split(Path(info.folder), "test")] == [e.id for e in test]
-    assert info.counts["train"] + info.counts["val"] == 35
+    assert (info.counts["train"], info.counts["val"]) == (35, 0)  # all the rest trains

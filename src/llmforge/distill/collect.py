@@ -58,9 +58,12 @@ class DatasetInfo(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
-def split_of(example: Example, spec: CollectSpec) -> Split:
+def split_of(example: Example, spec: CollectSpec, fixed_test: bool = False) -> Split:
+    """The example's split; with a fixed test split, only train or val (by `val_share`)."""
     digest = hashlib.sha256((spec.split_seed + example.key()).encode()).digest()
     x = int.from_bytes(digest[:8], "big") / 2**64
+    if fixed_test:
+        return "val" if x < spec.val_share else "train"
     if x < spec.test_share:
         return "test"
     if x < spec.test_share + spec.val_share:
@@ -175,8 +178,7 @@ def build_dataset(
         )
     parts: dict[Split, list[Example]] = {s: [] for s in SPLITS}
     for ex in unique:
-        split = split_of(ex, spec)
-        parts["val" if test is not None and split == "test" else split].append(ex)
+        parts[split_of(ex, spec, fixed_test=test is not None)].append(ex)
     if test is not None:
         parts["test"] = list(test)
     if not parts["train"] or not parts["test"]:
