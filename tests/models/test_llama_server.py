@@ -324,6 +324,8 @@ def test_through_the_gateway_a_dying_engine_ends_the_stream_with_an_error_event(
     }
     metrics = httpx.get(gateway + "/metrics").text
     assert 'llmforge_local_slots{deployment="local"} 2.0' in metrics
+    warm = {**body, "stream": False, "max_tokens": 1}
+    assert httpx.post(gateway + "/v1/chat/completions", json=warm, timeout=60).status_code == 200
     engine = _engine_pid()
     lines = []
     with httpx.stream("POST", gateway + "/v1/chat/completions", json=body, timeout=60) as r:

@@ -17,10 +17,10 @@ slots' prompts are kept in host memory), streamed back token by token.
   (`local_queue`), and one more is refused with OverloadedError. A long generation holds only its
   own slot. `n` answers run one after another in the call's slot; after the first, the prompt is
   cached and only its last token is evaluated again.
-- **Failures.** A process that dies is restarted by `LlamaServer`; calls in flight fail with an
-  `UpstreamError` (before their first token the router retries them, on the restarted process or
-  another deployment, else falls back; after it the stream ends with an error event), and new
-  calls wait for the restart.
+- **Failures.** A process that dies is restarted by `LlamaServer`; a call in flight fails with an
+  `UpstreamError` (after its first token the stream ends with an error event; before it, the
+  answer is tried once more on the restarted process, then the router retries or falls back),
+  and new calls wait for the restart.
 - **Closing a stream** closes its HTTP request, and llama-server stops that slot's generation.
 
 Not here: starting or watching the process (`llama_server`), the in-process engine (`llamacpp`),
