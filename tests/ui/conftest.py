@@ -1,4 +1,4 @@
-"""Browser fixtures for the workbench tests: one headless Chromium per session, fresh contexts that
+"""Browser fixtures for the workbench tests: one headless Chromium per module, fresh contexts that
 fail a test on script errors or requests to any other origin, and two real servers on 127.0.0.1
 with scripted models: `open_server` (keys off) and `keyed_server` (a master key, with a knowledge
 base, calls, evaluation runs and keys already made, as the screenshots show them)."""
@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, Route, ViewportSize, expect, sync_playwright
 
 from llmforge.core.settings import load_settings
 from llmforge.traces import Trace
@@ -35,8 +36,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MASTER = "sk-ui-master"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 JUDGE_REPLY = '{"reasoning": "The answer names the right city.", "score": 5}'
 MANUAL = (
     "# Pump Manual\n\nThis manual covers the water pump.\n\n"
@@ -49,8 +50,6 @@ CASES = [
     {"id": "peru", "input": "Where is Lima?", "expected": "Lima"},
 ]
 DATASET = "\n".join(json.dumps(c) for c in CASES)
-
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
 
 
 def require_chromium() -> None:
@@ -221,8 +220,10 @@ def past_day(key_ids: list[str]) -> list[Trace]:
     return rows
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One Chromium per test module: Playwright's sync API keeps an event loop running while it
+    is open, which asyncio tests of later modules could not start beside."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -243,7 +244,7 @@ def new_page(browser: Browser) -> Iterator[PageFactory]:
     script_errors: list[str] = []
     outside: list[str] = []
 
-    def make(server: Server, viewport: dict[str, int] = DESKTOP, **options: Any) -> Page:
+    def make(server: Server, viewport: ViewportSize = DESKTOP, **options: Any) -> Page:
         key = options.pop("key", None)
         context = browser.new_context(viewport=viewport, **options)
         contexts.append(context)

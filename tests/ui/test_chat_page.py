@@ -8,7 +8,7 @@ makes to any other origin are blocked and recorded, and each test asserts there 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from llmforge.core.config import ModelConfig
 from llmforge.core.errors import ModelError
 from llmforge.core.settings import load_settings
 from llmforge.core.types import Completion, Delta, Message, Sampling
-from llmforge.models.base import chat_models
+from llmforge.models.base import ModelContext, chat_models
 from llmforge.ui import create_web_app
 from tests.fakes.server import serve
 from tests.ui.conftest import PageFactory, Server, ensure_manual, require_chromium
@@ -51,7 +51,9 @@ class FlakyChatModel:
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
         raise ModelError("model 'flaky': the backend crashed")
 
-    async def stream(self, messages: Sequence[Message], sampling: Sampling) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> AsyncGenerator[Delta, None]:
         for word in ("Partial ", "answer "):
             await asyncio.sleep(0.02)
             yield Delta(text=word)
@@ -61,7 +63,7 @@ class FlakyChatModel:
         return None
 
 
-def flaky(_config: ModelConfig, _context: object = None) -> FlakyChatModel:
+def flaky(_config: ModelConfig, _context: ModelContext) -> FlakyChatModel:
     return FlakyChatModel()
 
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, ViewportSize, expect
 
 from tests.ui.conftest import (
     DESKTOP,
@@ -51,7 +51,7 @@ def fits(page: Page) -> None:
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 @pytest.mark.parametrize("name", list(PAGES))
 def test_every_page_works_with_keys_on_and_fits_the_screen(
-    new_page: PageFactory, keyed_server: Server, name: str, viewport: dict[str, int]
+    new_page: PageFactory, keyed_server: Server, name: str, viewport: ViewportSize
 ) -> None:
     page = new_page(keyed_server, viewport=viewport, key=MASTER)
     open_page(page, keyed_server, PAGES[name])
