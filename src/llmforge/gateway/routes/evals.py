@@ -79,8 +79,8 @@ class RunStart(BaseModel):
     judge: str | None = Field(None, description="chat model that judges (judge metrics)")
     rubric: str | None = None
     samples: int = Field(1, ge=1, le=10)
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(256, ge=1, le=32_768)
+    temperature: float = Field(0.0, ge=0, le=2)
     concurrency: int = Field(4, ge=1, le=32)
 
 

@@ -1,7 +1,8 @@
 """The traces API, for the traces page and dashboards: recorded calls, their time series, drift.
 
     GET  /v1/traces                  calls, newest first (`model`, `key_id`, `status`, `cache`,
-                                     `kind`, `since`, `until`: filters; `limit`, `before`: pages)
+                                     `kind`, `since`, `until`: filters, times in Unix seconds of
+                                     the call's end; `limit`, `before`: pages)
     GET  /v1/traces/stats            the same filters bucketed over time: requests, errors,
                                      latency p50/p95/p99, tokens, spend (`buckets`: at most)
     GET  /v1/traces/facets           the values the filters can take (models, keys, ...)
@@ -48,6 +49,7 @@ from llmforge.traces.query import (
 )
 
 DRIFT = "traces.drift"
+MAX_TIME = 1e11  # Unix seconds (year 5138): keeps time arithmetic finite
 OTEL = "traces.otel"
 
 router = api_router(tags=["traces"], dependencies=[Depends(authenticate)])
@@ -117,8 +119,8 @@ class Filters:
         status: Status | None = None,
         cache: Annotated[CacheResult | None, Query(description="response cache result")] = None,
         kind: Kind | None = None,
-        since: Annotated[float | None, Query(description="Unix seconds: ended at or after")] = None,
-        until: Annotated[float | None, Query(description="Unix seconds: ended before")] = None,
+        since: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="Unix seconds")] = None,
+        until: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="Unix seconds")] = None,
     ) -> None:
         self.caller = caller
         self.query = _query(caller, model, key_id, status, cache, kind, since, until)
