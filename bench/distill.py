@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -124,7 +123,7 @@ async def flywheel(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "threads": args.threads,
             },
             "eval": {"gate_share": 0.9, "max_tokens": 4},
-            "export": {"quant": args.quant, "max_quant_loss": 1.0},
+            "export": {"quant": args.quant, "max_quant_loss": 1.0, "threads": args.serve_threads},
             "route": {"share": 0.1},
         }
     )
@@ -162,6 +161,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quant", default="q8_0")
+    parser.add_argument(
+        "--serve-threads", type=int, default=1, help="llama.cpp threads of the GGUF check"
+    )
     parser.add_argument("--input-price", type=float, default=2.5, help="teacher $/Mtok in")
     parser.add_argument("--output-price", type=float, default=10.0, help="teacher $/Mtok out")
     parser.add_argument("--cpu-hour-usd", type=float, default=0.05, help="$ per core-hour")
@@ -182,7 +184,7 @@ def main() -> None:
         runs["label"]["result"],
         (runs["train"]["result"]),
     )
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.serve_threads  # the cores one GGUF request occupies
     p50_s = (ex["gguf_latency_p50_ms"] or 0.0) / 1000
     student_per_1k = p50_s * threads * args.cpu_hour_usd / 3600 * 1000
     teacher_per_1k = lab["cost_per_1k_usd"]

@@ -143,6 +143,12 @@ class ExportSpec(Spec):
         0.05, ge=0, le=1, description="the GGUF may score at most this much below the merged model"
     )
     context_length: int = Field(2048, gt=0)
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="CPU threads of the GGUF check (default: all; 1 on a machine busy with "
+        "other work, where llama.cpp's spinning threads slow down many times)",
+    )
 
 
 class RouteSpec(Spec):

@@ -138,9 +138,15 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> Pa
     return dst
 
 
-def gguf_config(name: str, path: Path, context_length: int) -> ModelConfig:
+def gguf_config(
+    name: str, path: Path, context_length: int, threads: int | None = None
+) -> ModelConfig:
     return ModelConfig(
-        name=name, provider="llamacpp", path=str(path), context_length=context_length
+        name=name,
+        provider="llamacpp",
+        path=str(path),
+        context_length=context_length,
+        threads=threads,
     )
 
 

@@ -369,8 +369,9 @@ class Flywheel:
     ) -> tuple[float | None, float | None]:
         test: list[Example] = read_split(Path(labels_folder), "test")
         dataset, _ = test_dataset(test, run_id)
+        export = self.spec.export
         config = gguf_config(
-            f"{self.spec.student_name}-check", path, self.spec.export.context_length
+            f"{self.spec.student_name}-check", path, export.context_length, export.threads
         )
         model = chat_models.get("llamacpp")(config, self.catalog)
         sampling_spec = self.spec.eval
