@@ -126,6 +126,10 @@ async def run_ours(
     qrels: dict,
     work: Path,
     reranker: str | None,
+    tune: list[str] | None = None,
+    tune_options: dict[str, Any] | None = None,
+    expand: list[str] | None = None,
+    expand_queries: int = 100,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {"reranker": {"path": reranker}} if reranker else {}
     settings = load_settings(
@@ -172,8 +176,102 @@ async def run_ours(
             "p50": round(latencies[len(latencies) // 2], 1),
             "p95": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))], 1),
         }
+        if expand:
+            out["expand"] = await run_expansion(kb, names, queries, qrels, expand, expand_queries)
+        if tune:
+            out["tune"] = await run_tuning(kb, names, queries, qrels, tune, tune_options or {})
     finally:
         await kbs.aclose()
+    return out
+
+
+async def judged(
+    kb: Any,
+    names: dict[str, str],
+    queries: dict,
+    qrels: dict,
+    fusion: str | None = None,
+    expander: Any = None,
+) -> dict[str, float]:
+    """nDCG@10 and recall@10 of the KB's search (its serving version) on the judged queries."""
+    scores_n, scores_r = [], []
+    for qid, text in queries.items():
+        result = await kb.search_detailed(text, k=20, fusion=fusion, expander=expander)
+        ranked = list(dict.fromkeys(names[Path(h.source).name] for h in result.hits))
+        scores_n.append(ndcg(ranked, qrels[qid]))
+        scores_r.append(recall(ranked, qrels[qid]))
+    return {
+        "ndcg@10": round(statistics.mean(scores_n), 4),
+        "recall@10": round(statistics.mean(scores_r), 4),
+    }
+
+
+async def run_expansion(
+    kb: Any, names: dict[str, str], queries: dict, qrels: dict, methods: list[str], limit: int
+) -> dict[str, Any]:
+    """Query expansion written by the built-in local model (SmolLM2 on llama.cpp) against the
+    plain default search, on the same first `limit` judged queries."""
+    from llmforge.core.config import ModelConfig
+    from llmforge.kb.expansion import expander_for
+    from llmforge.models.catalog import ModelCatalog
+
+    subset = dict(list(queries.items())[:limit])
+    catalog = ModelCatalog(
+        [ModelConfig(name="local", provider="llamacpp", path="builtin:smollm2")], []
+    )
+    out: dict[str, Any] = {"queries": len(subset), "plain": await judged(kb, names, subset, qrels)}
+    try:
+        for method in methods:
+            expander = expander_for(method, catalog.chat("local"))
+            wall = time.perf_counter()
+            row = await judged(kb, names, subset, qrels, expander=expander)
+            row["ms_per_query"] = round((time.perf_counter() - wall) * 1000 / len(subset))
+            out[method] = row
+            print(f"  expand {method}: {row}", flush=True)
+    finally:
+        await catalog.aclose()
+    return out
+
+
+async def run_tuning(
+    kb: Any,
+    names: dict[str, str],
+    queries: dict,
+    qrels: dict,
+    methods: list[str],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """`kb tune` with each method in turn, measured on the judged queries (which the tuning never
+    sees: it trains and gates on synthetic queries of the corpus). A method named `NAME!` is
+    forced through its gate (min_gain -1) to measure what it would do; plain names go through
+    the real gate. Each run is rolled back before the next, so all start from version 0."""
+    from llmforge.kb.queries import PseudoQueries
+    from llmforge.kb.tune import TuneOptions
+
+    out: dict[str, Any] = {}
+    for spec in methods:
+        forced = spec.endswith("!")
+        method = spec.rstrip("!")
+        tune_options = TuneOptions.model_validate(
+            {**options, "method": method, **({"min_gain": -1.0} if forced else {})}
+        )
+        cpu, wall = time.process_time(), time.perf_counter()
+        report = await kb.tune(tune_options, PseudoQueries())
+        row: dict[str, Any] = {
+            "accepted": report.accepted,
+            "chosen": report.chosen,
+            "gate": report.gate.model_dump(),
+            "candidates": [c.model_dump() for c in report.candidates],
+            "cpu_s": round(time.process_time() - cpu, 1),
+            "wall_s": round(time.perf_counter() - wall, 1),
+            "message": report.message,
+        }
+        row.update(await judged(kb, names, queries, qrels))
+        row["dense"] = await judged(kb, names, queries, qrels, fusion="dense")
+        out[spec] = row
+        print(f"  tune {spec}: {row['ndcg@10']} ({report.message})", flush=True)
+        if report.accepted:
+            await kb.rollback(0)
     return out
 
 
@@ -217,6 +315,105 @@ def run_llamaindex(folder: Path) -> dict[str, Any]:
     }
 
 
+def clustered_vectors(n: int, centers: Any, seed: int, dims: int, spread: float = 0.06) -> Any:
+    """Unit vectors around random centres: embeddings cluster by topic; uniform noise would be
+    an unrealistically hard (and meaningless) case for any ANN index."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = centers[rng.integers(0, len(centers), n)]
+    x = x + rng.standard_normal((n, dims)).astype(np.float32) * spread
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def run_scale(rows: int, queries: int, batch: int) -> dict[str, Any]:
+    """Ingest `rows` generated chunks into a LanceDB store through its real upsert path (so the
+    ANN index is built and kept up incrementally as a real ingest would), then time searches and
+    compare their top 10 with exact search."""
+    import numpy as np
+
+    from llmforge.core.config import KBConfig
+    from llmforge.kb import Chunk, StoreSpec
+    from llmforge.kb.lancedb_store import LanceDBStore
+
+    dims = 384
+    centers = np.random.default_rng(0).standard_normal((2000, dims)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    out: dict[str, Any] = {"rows": rows, "queries": queries}
+    with tempfile.TemporaryDirectory(prefix="llmforge-scale-") as tmp:
+        spec = StoreSpec(Path(tmp), "scale", dims, KBConfig(path=tmp))
+        store = LanceDBStore(spec)
+        vectors = np.empty((rows, dims), dtype=np.float32)
+        started = time.perf_counter()
+        for start in range(0, rows, batch):
+            n = min(batch, rows - start)
+            part = clustered_vectors(n, centers, start + 1, dims)
+            vectors[start : start + n] = part
+            chunks = [
+                Chunk(
+                    id=f"c{i:08}",
+                    text=f"generated chunk {i}",
+                    source=f"/scale/{i // 20:06}.txt",
+                    title="generated",
+                    file_type="txt",
+                    chunk_index=i % 20,
+                    content_hash=str(i),
+                )
+                for i in range(start, start + n)
+            ]
+            store.upsert(chunks, part)
+            if (start // batch) % 10 == 0:
+                print(
+                    f"  ingested {start + n} rows, {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
+        out["ingest_s"] = round(time.perf_counter() - started, 1)
+        out["ingest_rows_per_s"] = round(rows / (time.perf_counter() - started))
+        out["index"] = store.ann_state()
+        probe = clustered_vectors(queries, centers, 10**9, dims)
+        truth = np.argsort(-(probe @ vectors.T), axis=1)[:, :10]
+
+        def measure(search: Any, count: int) -> tuple[list[float], float]:
+            latencies, recalls = [], []
+            for q, want in zip(probe[:count], truth[:count], strict=True):
+                t = time.perf_counter()
+                found = search(q)
+                latencies.append((time.perf_counter() - t) * 1000)
+                got = {int(c.id[1:]) for c, _ in found}
+                recalls.append(len(got & set(want.tolist())) / 10)
+            return sorted(latencies), float(np.mean(recalls))
+
+        measure(lambda q: store.search(q.tolist(), 10), min(20, queries))  # warm the caches
+        lat, rec = measure(lambda q: store.search(q.tolist(), 10), queries)
+        out["ann"] = {
+            "p50_ms": round(lat[len(lat) // 2], 2),
+            "p95_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2),
+            "recall@10": round(rec, 4),
+        }
+        table = store._open(create=False)
+
+        def exact(q: Any) -> list[tuple[Any, float]]:
+            rows_ = (
+                table.search(q.tolist())
+                .distance_type("cosine")
+                .bypass_vector_index()
+                .limit(10)
+                .select(["id"])
+                .to_list()
+            )
+            return [(Chunk.model_construct(id=r["id"]), 0.0) for r in rows_]
+
+        lat, rec = measure(exact, min(20, queries))
+        out["exact"] = {
+            "p50_ms": round(lat[len(lat) // 2], 2),
+            "p95_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2),
+            "recall@10": round(rec, 4),
+            "queries": min(20, queries),
+        }
+        store.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
@@ -224,7 +421,42 @@ def main() -> None:
     parser.add_argument("--reranker", default=None, help="local cross-encoder folder")
     parser.add_argument("--skip-llamaindex", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--scale", action="store_true", help="ANN vs exact search on a generated LanceDB KB"
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="--scale: chunks generated")
+    parser.add_argument("--queries", type=int, default=200, help="--scale: queries timed")
+    parser.add_argument("--batch", type=int, default=10_000, help="--scale: chunks per upsert")
+    parser.add_argument(
+        "--tune",
+        default="auto",
+        help="comma-separated `kb tune` methods to measure (auto, fusion, adapter, finetune; "
+        "NAME! forces it through the gate); 'none' skips tuning",
+    )
+    parser.add_argument("--tune-steps", type=int, default=120, help="finetune steps")
+    parser.add_argument(
+        "--expand",
+        default="none",
+        help="comma-separated query expansions to measure with the built-in local model "
+        "(hyde, multi-query); 'none' skips them",
+    )
+    parser.add_argument("--expand-queries", type=int, default=100, help="judged queries used")
+    parser.add_argument("--tune-sample", type=int, default=400, help="chunks given queries")
     args = parser.parse_args()
+    if args.scale:
+        scaled = run_scale(args.rows, args.queries, args.batch)
+        if args.json:
+            print(json.dumps(scaled, indent=2))
+            return
+        a, e = scaled["ann"], scaled["exact"]
+        print(
+            f"{scaled['rows']} generated chunks (384-d), ingested in {scaled['ingest_s']} s "
+            f"({scaled['ingest_rows_per_s']} rows/s), index {scaled['index']}"
+        )
+        print(f"  ANN   p50 {a['p50_ms']} ms  p95 {a['p95_ms']} ms  recall@10 {a['recall@10']}")
+        print(f"  exact p50 {e['p50_ms']} ms  p95 {e['p95_ms']} ms  ({e['queries']} queries)")
+        print(f"  speed-up at p50: {e['p50_ms'] / a['p50_ms']:.1f}x")
+        return
     squad = next(iter(sorted(args.dataset.glob("*.json"))), None) if args.dataset.is_dir() else None
     if (args.dataset / "corpus.jsonl").is_file():
         corpus, queries, qrels = load_beir(args.dataset, args.limit)
@@ -247,7 +479,25 @@ def main() -> None:
             "documents": len(corpus),
             "queries": len(queries),
         }
-        result.update(asyncio.run(run_ours(folder, names, queries, qrels, work, args.reranker)))
+        tune = [] if args.tune == "none" else args.tune.split(",")
+        tune_options = {"steps": args.tune_steps, "sample": args.tune_sample}
+        expand = [] if args.expand == "none" else args.expand.split(",")
+        result.update(
+            asyncio.run(
+                run_ours(
+                    folder,
+                    names,
+                    queries,
+                    qrels,
+                    work,
+                    args.reranker,
+                    tune,
+                    tune_options,
+                    expand,
+                    args.expand_queries,
+                )
+            )
+        )
         if not args.skip_llamaindex:
             result["llamaindex"] = run_llamaindex(folder)
             result["speedup_chunks_per_s"] = round(
@@ -259,6 +509,19 @@ def main() -> None:
     print(f"{result['dataset']}: {result['documents']} documents, {result['queries']} queries")
     for label, m in result["methods"].items():
         print(f"  {label:32s} nDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}")
+    if "expand" in result:
+        e = result["expand"]
+        print(f"  query expansion, first {e['queries']} queries (plain: {e['plain']['ndcg@10']})")
+        for name, row in e.items():
+            if name not in ("queries", "plain"):
+                print(f"    {name:28s} nDCG@10 {row['ndcg@10']:.4f}  {row['ms_per_query']} ms/q")
+    for spec, t in result.get("tune", {}).items():
+        verdict = "accepted" if t["accepted"] else "refused"
+        print(
+            f"  {'tuned: ' + spec:32s} nDCG@10 {t['ndcg@10']:.4f}  recall@10 "
+            f"{t['recall@10']:.4f}  ({verdict} {t['chosen']}, {t['cpu_s']} CPU s; gate "
+            f"{t['gate']['current']:.3f} -> {t['gate']['candidate']:.3f})"
+        )
     lat = result["latency_ms"]
     print(f"  search latency (default): p50 {lat['p50']} ms, p95 {lat['p95']} ms")
     ing = result["ingest"]

@@ -98,7 +98,7 @@ def finetune(
         columns = [[t.query for t in batch], [t.positive for t in batch]]
         if with_negatives:
             columns.append([t.negative or "" for t in batch])
-        features = [model.tokenize(c) for c in columns]
+        features = [model.preprocess(c) for c in columns]
         loss = loss_fn(features, None)
         optimiser.zero_grad()
         loss.backward()

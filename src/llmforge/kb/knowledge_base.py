@@ -30,6 +30,7 @@ from llmforge.kb import adapter, versions
 from llmforge.kb.adapter import AdaptedEmbedder
 from llmforge.kb.base import Reranker, StoreSpec, VectorStore, rerankers, vector_stores
 from llmforge.kb.chunking import token_counter_for
+from llmforge.kb.expansion import QueryExpander
 from llmforge.kb.ingest import IngestTarget, ProgressCallback, ingest
 from llmforge.kb.manifest import BaseRow, Manifest
 from llmforge.kb.queries import QueryGenerator
@@ -131,10 +132,12 @@ class KnowledgeBase:
         k: int | None = None,
         filters: SearchFilters | None = None,
         fusion: str | None = None,
+        expander: QueryExpander | None = None,
     ) -> SearchResult:
-        """`search` plus what each stage did (`stages`), for explaining and debugging."""
+        """`search` plus what each stage did (`stages`), for explaining and debugging;
+        `expander` (`expansion.py`) searches the texts it writes for the query too."""
         await self._refresh()
-        return await self._serving.retriever.search(query, k, filters, fusion)
+        return await self._serving.retriever.search(query, k, filters, fusion, expander)
 
     async def get_chunk(self, chunk_id: str) -> Chunk:
         store = self._serving.store

@@ -9,7 +9,8 @@ store builds an ANN index (IVF partitions of HNSW graphs over int8-quantised vec
 `IVF_HNSW_SQ`, one partition per `Ann.partition_rows` chunks) and B-tree indexes on `id` and
 `source` (merge-inserts and deletes stop scanning the table). It is kept up incrementally: rows
 added since the index was built are searched exactly alongside it until they exceed
-`Ann.fold_share` of the indexed ones, then folded into it (`optimize`, no retraining); when the
+`Ann.fold_share` of the indexed ones or `Ann.fold_rows` (exact search over them costs latency),
+then folded into it (`optimize`, no retraining); when the
 table has grown `Ann.retrain_growth`-fold since the partitions were trained, they are trained
 again. Unfiltered searches go through the index (`nprobes`, `ef`, then the candidates re-ranked
 on the full vectors); filtered searches stay exact over the matching rows, so they still return k
@@ -39,6 +40,7 @@ class Ann:
     min_rows: int = 100_000
     partition_rows: int = 25_000
     fold_share: float = 0.1
+    fold_rows: int = 20_000
     retrain_growth: float = 4.0
     nprobes: int = 12
     ef: int = 120
@@ -116,13 +118,15 @@ class LanceDBStore:
     def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
         if not chunks:
             return
+        import numpy as np
         import pyarrow as pa
 
-        rows = [
-            {**c.model_dump(include=set(_FIELDS)), "vector": [float(x) for x in v]}
-            for c, v in zip(chunks, vectors, strict=True)
-        ]
-        data = pa.Table.from_pylist(rows, schema=self._schema())
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(chunks), self._dimensions)
+        columns: dict[str, Any] = {f: [getattr(c, f) for c in chunks] for f in _FIELDS}
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(matrix.ravel()), self._dimensions
+        )
+        data = pa.Table.from_pydict(columns, schema=self._schema())
         table = self._open(create=True)
         table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
             data
@@ -150,7 +154,9 @@ class LanceDBStore:
         stats = table.index_stats(VECTOR_INDEX)
         if stats is None:
             self.build_index(table, rows)
-        elif stats.num_unindexed_rows > self.ann.fold_share * max(1, stats.num_indexed_rows):
+        elif stats.num_unindexed_rows > min(
+            self.ann.fold_share * max(1, stats.num_indexed_rows), self.ann.fold_rows
+        ):
             table.optimize()  # folds the new rows into every index, no retraining
 
     def build_index(self, table: Any = None, rows: int | None = None) -> None:

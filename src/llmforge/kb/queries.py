@@ -1,17 +1,21 @@
 """Synthetic queries for a knowledge base's own chunks: the training and test data of `kb tune`.
 
-Two generators, chosen by name (`GENERATORS`):
+Two generators, chosen by name (`generator_for`):
 
 - `pseudo` (no model): for each chunk, its document's title with its headings (the query an
-  entity or manual-section search looks like) and a span of 3-8 content words cut from one of its
-  sentences (the inverse cloze task: for training, that sentence is taken out of the positive text
-  nine times out of ten, so the embedder must learn the context around a phrase rather than
-  copying its words). Instant and deterministic for a seed.
+  entity or manual-section search looks like; not when that title names several documents of
+  the sample, such as the paragraphs of one article) and a span of 3-8 content words cut from
+  one of its sentences (the inverse cloze task: for training, that sentence is taken out of the
+  positive text nine times out of ten, so the embedder must learn the context around a phrase
+  rather than copying its words). Instant and deterministic for a seed.
 - `model`: a chat model (a configured teacher, or the local model) writes one search query per
   chunk, at temperature 0; answers that are empty, too long or a copy of the passage's opening
   fall back to the pseudo queries of that chunk.
 
-A query's positive is the chunk it was written from; relevance is judged by its source document.
+A query's positive is the chunk it was written from, as the text it must be matched by: without
+the sentence a span query was cut from (mostly) and without the title for a title query. The
+tuner trains on that text and judges held-out queries as that cloze too (`tune.py`); relevance is
+judged by the chunk's source document.
 This module embeds nothing and searches nothing.
 """
 
@@ -74,6 +78,17 @@ def _title_query(chunk: Chunk) -> str | None:
     return " ".join(text.split()[:16])
 
 
+def shared_titles(chunks: Sequence[Chunk]) -> set[str]:
+    """Title queries naming more than one document of the sample: they identify none (the
+    paragraphs of one article, files sharing a heading), so they are not asked."""
+    sources: dict[str, set[str]] = {}
+    for chunk in chunks:
+        title = _title_query(chunk)
+        if title:
+            sources.setdefault(title, set()).add(chunk.source)
+    return {t for t, found in sources.items() if len(found) > 1}
+
+
 def _sentence_query(chunk: Chunk, rng: random.Random) -> tuple[str, str] | None:
     """(a span of one sentence's content words, the chunk's text without that sentence)."""
     parts = sentences(chunk.text)
@@ -91,6 +106,16 @@ def _sentence_query(chunk: Chunk, rng: random.Random) -> tuple[str, str] | None:
     keep = rng.random() < KEEP_SENTENCE or len(rest) < 40
     positive = chunk.indexed_text() if keep else _with_header(chunk, rest)
     return query, positive
+
+
+def _without_title(chunk: Chunk) -> str:
+    """The chunk's text without its title (and a text file's title line): what a title query
+    must be matched by (an entity's description, a section's content)."""
+    text = chunk.text.strip()
+    first, _, rest = text.partition("\n")
+    if first.strip() == chunk.title.strip() and rest.strip():
+        text = rest.strip()
+    return text
 
 
 def _with_header(chunk: Chunk, text: str) -> str:
@@ -142,7 +167,7 @@ class ModelQueries:
 
     async def generate(self, chunks: Sequence[Chunk], rng: random.Random) -> list[SyntheticQuery]:
         fallback = PseudoQueries()
-        titled: set[str] = set()
+        titled = shared_titles(chunks)
         gate = asyncio.Semaphore(self._concurrency)
         done = 0
 

@@ -5,6 +5,8 @@ its top is taken); the lists are fused (`fusion.py`: corroborated z-score fusion
 a reranker is configured it rescores the top `max(reranker.candidates, k)` fused results; exactly
 `min(k, matching chunks)` hits come back. Every stage's candidate count and time are recorded in
 `SearchResult.stages` (what `--explain` prints), and every hit carries its per-stage scores.
+With a query expander (`expansion.py`: HyDE, multi-query) every text it gives is searched by both
+retrievers and each chunk keeps its best score per retriever before fusion.
 The BM25 index is reloaded when another process (an ingest) has rewritten it. Blocking work runs on
 worker threads. This module does not ingest.
 """
@@ -19,6 +21,7 @@ from llmforge.core.config import KBSearchConfig
 from llmforge.core.errors import InvalidRequestError
 from llmforge.kb.base import Reranker, VectorStore
 from llmforge.kb.bm25 import Bm25Index
+from llmforge.kb.expansion import QueryExpander
 from llmforge.kb.fusion import FUSIONS
 from llmforge.kb.types import Chunk, Hit, SearchFilters, SearchResult, SearchStage
 from llmforge.models.base import Embedder
@@ -73,6 +76,7 @@ class Retriever:
         k: int | None = None,
         filters: SearchFilters | None = None,
         fusion: str | None = None,
+        expander: QueryExpander | None = None,
     ) -> SearchResult:
         query = query.strip()
         if not query:
@@ -87,14 +91,23 @@ class Retriever:
             )
         n = candidates(k)
         stages: list[SearchStage] = []
+        texts = [query]
+        if expander is not None:
+            t = time.perf_counter()
+            texts = await expander.expand(query)
+            stages.append(_stage("expand", len(texts), t, f"{expander.name}: {len(texts)} texts"))
 
         t = time.perf_counter()
-        vector = (await self._embedder.embed([query])).vectors[0]
-        dense = await asyncio.to_thread(self._store.search, vector, n, filters)
+        vectors = (await self._embedder.embed(texts)).vectors
+        dense = _best_of(
+            [await asyncio.to_thread(self._store.search, v, n, filters) for v in vectors], n
+        )
         stages.append(_stage("dense", len(dense), t, f"cosine top {n}"))
 
         t = time.perf_counter()
-        bm25 = await asyncio.to_thread(self._bm25_search, query, n, filters)
+        bm25 = _best_ids(
+            [await asyncio.to_thread(self._bm25_search, text, n, filters) for text in texts], n
+        )
         stages.append(_stage("bm25", len(bm25), t, f"top {n}"))
 
         t = time.perf_counter()
@@ -142,6 +155,28 @@ class Retriever:
         if missing:
             found = await asyncio.to_thread(lambda: list(self._store.scan(missing)))
             chunks.update((c.id, c) for c in found)
+
+
+def _best_of(lists: list[list[tuple[Chunk, float]]], n: int) -> list[tuple[Chunk, float]]:
+    """One list from the lists of several query texts: each chunk at its best score."""
+    if len(lists) == 1:
+        return lists[0]
+    best: dict[str, tuple[Chunk, float]] = {}
+    for found in lists:
+        for chunk, score in found:
+            if chunk.id not in best or score > best[chunk.id][1]:
+                best[chunk.id] = (chunk, score)
+    return sorted(best.values(), key=lambda cs: -cs[1])[:n]
+
+
+def _best_ids(lists: list[list[tuple[str, float]]], n: int) -> list[tuple[str, float]]:
+    if len(lists) == 1:
+        return lists[0]
+    best: dict[str, float] = {}
+    for found in lists:
+        for chunk_id, score in found:
+            best[chunk_id] = max(score, best.get(chunk_id, score))
+    return sorted(best.items(), key=lambda cs: -cs[1])[:n]
 
 
 def _stage(name: str, count: int, started: float, detail: str) -> SearchStage:

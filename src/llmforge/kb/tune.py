@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmforge.core.errors import InvalidRequestError
 from llmforge.kb import adapter
 from llmforge.kb.base import VectorStore
-from llmforge.kb.bm25 import Bm25Index
+from llmforge.kb.bm25 import Bm25Index, terms
 from llmforge.kb.finetune import FinetuneSettings, Triplet, TuneCancelled, finetune
 from llmforge.kb.fusion import FUSIONS
 from llmforge.kb.queries import QueryGenerator, SyntheticQuery
@@ -244,10 +244,9 @@ async def tune(
             return await _embed(target.queries, texts)
 
         report("retrieving", 0, len(written), "serving retriever")
-        lists = {
-            name: await _retrieve(queries, serving, target.store, bm25)
-            for name, queries in (("train", split.train), ("dev", split.dev), ("test", split.test))
-        }
+        lists = {"train": await _retrieve(split.train, serving, target.store, bm25)}
+        for name, queries in (("dev", split.dev), ("test", split.test)):
+            lists[name] = await _retrieve(queries, serving, target.store, bm25, target.documents)
         current_dev = _score(split.dev, lists["dev"], sources, target.fusion, target.dense_weight)
         current_test = _score(
             split.test, lists["test"], sources, target.fusion, target.dense_weight
@@ -273,7 +272,9 @@ async def tune(
         test_lists = (
             lists["test"]
             if best.name == "fusion"
-            else await _retrieve(split.test, best.embed, best.store, bm25)
+            else await _retrieve(
+                split.test, best.embed, best.store, bm25, best.documents or target.documents
+            )
         )
         candidate_test = _score(split.test, test_lists, sources, best.fusion, best.weight)
         gate = GateFigures(
@@ -458,17 +459,61 @@ async def _retrieve(
     embed: Callable[[list[str]], Awaitable[np.ndarray]],
     store: VectorStore,
     bm25: Bm25Index | None,
+    documents: Embedder | None = None,
 ) -> _Lists:
+    """Dense and BM25 candidates of each query. With `documents` (the embedder of `store`'s
+    vectors), synthetic queries are judged as a cloze: their own chunk is scored by its text
+    without the words the query was cut from (`SyntheticQuery.positive`), so a query copied from
+    the chunk cannot find it by those words alone (see `_cloze`)."""
     texts = [q if isinstance(q, str) else q.text for q in queries]
     vectors = await embed(texts)
     n = candidates(TOP)
+    synthetic = [q for q in queries if not isinstance(q, str)]
+    positives = (
+        await _embed(documents, [q.positive for q in synthetic])
+        if documents is not None and len(synthetic) == len(queries)
+        else None
+    )
 
     def run() -> _Lists:
         dense = [[(c.id, s) for c, s in store.search(v.tolist(), n)] for v in vectors]
         sparse = [bm25.search(t, n) if bm25 is not None else [] for t in texts]
-        return _Lists(dense, sparse)
+        lists = _Lists(dense, sparse)
+        if positives is not None:
+            _cloze(lists, synthetic, vectors, positives, bm25, n)
+        return lists
 
     return await asyncio.to_thread(run)
+
+
+def _cloze(
+    lists: _Lists,
+    queries: Sequence[SyntheticQuery],
+    vectors: np.ndarray,
+    positives: np.ndarray,
+    bm25: Bm25Index | None,
+    n: int,
+) -> None:
+    """Rescore each query's own chunk as its cloze text: dense by the cosine to that text's
+    vector, BM25 by the query words that text still holds. Queries written from a chunk's words
+    otherwise make BM25 look perfect and would pull every fitted fusion towards it, whatever the
+    users' real queries are like (measured: DBpedia-entity, docs/decisions.md)."""
+    for i, q in enumerate(queries):
+        own = float(vectors[i] @ positives[i])
+        lists.dense[i] = _placed(lists.dense[i], q.chunk_id, own, n)
+        if bm25 is None:
+            continue
+        kept = set(terms(q.positive))
+        words = [w for w in q.text.split() if w and set(terms(w)) <= kept and terms(w)]
+        found = dict(bm25.search(" ".join(words), n)) if words else {}
+        lists.bm25[i] = _placed(lists.bm25[i], q.chunk_id, found.get(q.chunk_id), n)
+
+
+def _placed(ranked: Ranked, chunk_id: str, score: float | None, n: int) -> Ranked:
+    rest = [(c, s) for c, s in ranked if c != chunk_id]
+    if score is not None and score > 0:
+        rest.append((chunk_id, score))
+    return sorted(rest, key=lambda cs: -cs[1])[:n]
 
 
 def ndcg(ranked: Sequence[str], relevant: dict[str, int], k: int = TOP) -> float:
@@ -637,7 +682,7 @@ async def _adapter(ctx: _Context) -> _Candidate | None:
         raw = await _embed(target.documents, batch)
         return adapter.apply(raw, matrix) if len(raw) else raw
 
-    dev_lists = await _retrieve(split.dev, embed, target.store, ctx.bm25)
+    dev_lists = await _retrieve(split.dev, embed, target.store, ctx.bm25, target.documents)
     fusion, weight, dev = fit_fusion(split.dev, dev_lists, ctx.sources, target.fusion)
     return _Candidate(
         "adapter",
@@ -720,7 +765,7 @@ async def _finetune(ctx: _Context) -> _Candidate | None:
     async def embed(batch: list[str]) -> np.ndarray:
         return await _embed(documents, batch)
 
-    dev_lists = await _retrieve(split.dev, embed, store, ctx.bm25)
+    dev_lists = await _retrieve(split.dev, embed, store, ctx.bm25, documents)
     fusion, weight, dev = fit_fusion(split.dev, dev_lists, ctx.sources, target.fusion)
     return _Candidate(
         "finetune",
