@@ -129,17 +129,18 @@ class PseudoQueries:
 
     async def generate(self, chunks: Sequence[Chunk], rng: random.Random) -> list[SyntheticQuery]:
         out: list[SyntheticQuery] = []
-        titled: set[str] = set()
+        titled = shared_titles(chunks)
         for chunk in chunks:
             out.extend(self.for_chunk(chunk, rng, titled))
         return out
 
     def for_chunk(self, chunk: Chunk, rng: random.Random, titled: set[str]) -> list[SyntheticQuery]:
+        """`titled`: sources that had their title query, and titles too common to ask for."""
         out: list[SyntheticQuery] = []
         title = _title_query(chunk)
-        if title and chunk.source not in titled:  # one title query per document
-            titled.add(chunk.source)
-            out.append(_query(title, chunk, "title", chunk.indexed_text()))
+        if title and chunk.source not in titled and title not in titled:
+            titled.add(chunk.source)  # one title query per document
+            out.append(_query(title, chunk, "title", _without_title(chunk)))
         span = _sentence_query(chunk, rng)
         if span is not None:
             out.append(_query(span[0], chunk, "sentence", span[1]))
