@@ -37,6 +37,13 @@ def test_tune_over_http_runs_in_the_background_versions_and_rolls_back(tmp_path:
         embeddings=[HASH_EMBEDDING],
         kb={"path": str(tmp_path / "kbs")},
         master_key=MASTER,
+        models=[
+            {
+                "name": "writer",
+                "provider": "fake",
+                "responses": ["The fan QX-4435 takes seal kit K905."],
+            }
+        ],
     )
     master = {"Authorization": f"Bearer {MASTER}"}
     docs = service_sheets(tmp_path / "docs")
@@ -85,6 +92,17 @@ def test_tune_over_http_runs_in_the_background_versions_and_rolls_back(tmp_path:
         r = client.post("/v1/kb/sheets/tune", json={"sample": 3}, headers=master)
         assert r.status_code == 400
         assert client.delete("/v1/kb/sheets/tune", headers=master).status_code == 404
+        r = client.post(
+            "/v1/kb/sheets/search",
+            json={"query": "zqxv", "k": 1, "expand": "hyde", "expand_model": "writer"},
+            headers=reader,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["data"][0]["source"].endswith("fan-QX-4435.txt")
+        r = client.post(
+            "/v1/kb/sheets/search", json={"query": "zqxv", "expand": "hyde"}, headers=reader
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "expand_model"
         r = client.post("/v1/kb/sheets/rollback", json={"version": 9}, headers=master)
         assert r.status_code == 404 and "Versions you can use: 0, 1" in r.json()["error"]["message"]
 

@@ -8,7 +8,7 @@
     POST   /v1/kb/{name}/documents        upload files (multipart), stored in the KB's `uploads`
                                           folder and ingested; a result per file
     POST   /v1/kb/{name}/sync  {paths?}   incremental re-ingest of server paths, or of `uploads`
-    POST   /v1/kb/{name}/search           {query, k, filters, detailed} -> hits (+ stages)
+    POST   /v1/kb/{name}/search           {query, k, filters, detailed, expand} -> hits (+ stages)
     GET    /v1/kb/{name}/chunks/{id}      one chunk with its metadata
     POST   /v1/kb/{name}/tune  {options}  start tuning its retrieval (202; runs in the background)
     GET    /v1/kb/{name}/tune             the running or last tune: progress, report, error
@@ -68,6 +68,7 @@ from llmforge.kb import (
     SearchFilters,
     shared_knowledge_bases,
 )
+from llmforge.kb.expansion import expander_for
 from llmforge.kb.mcp import MCP_PATH, build_server
 from llmforge.kb.queries import QueryGenerator, generator_for
 from llmforge.kb.tune import TuneOptions, TuneProgress, TuneReport
@@ -115,6 +116,10 @@ class SearchRequest(BaseModel):
     filters: FiltersBody | None = None
     fusion: Literal["zscore", "minmax", "rrf", "dense", "bm25"] | None = None
     detailed: bool = Field(False, description="add each stage's candidates and milliseconds")
+    expand: Literal["hyde", "multi-query"] | None = Field(
+        None, description="also search what `expand_model` writes for the query (one model call)"
+    )
+    expand_model: str | None = Field(None, description="the chat model writing the expansion")
 
 
 FileStatus = Literal["added", "updated", "unchanged", "skipped", "failed"]
@@ -314,7 +319,15 @@ async def sync(
 async def search(ctx: Ctx, name: str, body: SearchRequest) -> Response:
     kb = await _bases(ctx).open(name)
     filters = SearchFilters(**body.filters.model_dump()) if body.filters else None
-    result = await kb.search_detailed(body.query, body.k, filters, body.fusion)
+    expander = None
+    if body.expand is not None:
+        if body.expand_model is None:
+            raise InvalidRequestError(
+                f"expand={body.expand} needs `expand_model`: the chat model that writes it.",
+                param="expand_model",
+            )
+        expander = expander_for(body.expand, ctx.catalog.chat(body.expand_model))
+    result = await kb.search_detailed(body.query, body.k, filters, body.fusion, expander)
     out: dict[str, Any] = {
         "object": "knowledge_base.search",
         "kb": name,
