@@ -381,11 +381,6 @@ def test_a_call_refused_because_the_database_is_down_is_a_retryable_503(
     assert r.status_code == 503 and "Retry-After" in r.headers, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="distill's RoutePolicy reads its routes from the database on the request path and a "
-    "failed read fails the call; it should keep the routes it last read",
-)
 def test_calls_that_need_no_database_are_answered_while_it_is_down(
     database_gone: tuple[str, FakeOpenAI, dict[str, str]],
 ) -> None:
