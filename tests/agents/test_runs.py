@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import openai
 
+from llmforge.audit import AuditLog
 from llmforge.core.config import AgentLimits
+from llmforge.core.db import open_engine
 from llmforge.traces import TraceStore
 from tests.agents.conftest import Live, start
 from tests.fakes.reply import Call, Reply
@@ -154,6 +156,11 @@ def test_reject_ends_the_run_without_calling_the_tool(gw: Live) -> None:
     again = httpx.post(f"{gw.base}/v1/agents/guarded/runs/{run_id}/approve", json={})
     assert again.status_code == 400 and "not waiting for approval" in again.text
     assert httpx.get(f"{gw.base}/v1/agents/pending").json()["data"] == []
+    # the decision is a row of the tamper-evident audit log, and the chain still verifies
+    log = AuditLog(open_engine(gw.settings.database))
+    decisions = [e for e in log.entries() if e.subject == run_id]
+    assert [(e.kind, e.data["agent"]) for e in decisions] == [("agent.reject", "guarded")]
+    assert log.verify().ok
 
 
 def test_memory_is_recalled_in_a_later_thread_of_the_same_user(gw: Live) -> None:

@@ -28,8 +28,9 @@ does not stop it. Its lifecycle (`agent_runs.status`):
 - **Retention.** A stopped run prunes its thread to `keep_per_thread` checkpoints; an hourly sweep
   deletes the threads of runs finished more than `max_age_days` ago.
 
-Approvals are logged through `audit_hook` (see the SEAM note below). Events (events.py) are stored
-and published to followers in this process; a follower in another process polls the table.
+Approvals and rejections are rows of the audit log (`AuditLogHook`, the default `audit` hook).
+Events (events.py) are stored and published to followers in this process; a follower in another
+process polls the table.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 from sqlalchemy.engine import Engine
 
+from llmforge import audit
 from llmforge.agents import calculator, fetch, knowledge, memory, research, sandbox
 from llmforge.agents.checkpoints import open_checkpointer, prune_thread
 from llmforge.agents.events import (
@@ -137,11 +139,22 @@ class AuditHook(Protocol):
 
 
 def no_audit(action: str, run: AgentRun, actor: str | None, detail: dict[str, Any]) -> None:
-    # SEAM(audit): the audit package (llmforge.audit, append-only hash-chained log) is being
-    # built; once its `record(...)` exists, the gateway passes a hook that calls it here, so every
-    # approval and rejection of an agent run is in the audit log. Until then decisions are kept
-    # only in the run's events and rows.
+    """A hook that records nothing (for embedding the runtime without an audit log)."""
     return None
+
+
+class AuditLogHook:
+    """The default hook: each decision is a row of the hash-chained audit log
+    (`agent.approve` / `agent.reject`, subject the run id) in the runtime's database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(
+        self, action: str, run: AgentRun, actor: str | None, detail: dict[str, Any]
+    ) -> None:
+        data = {"agent": run.agent, "thread_id": run.thread_id, **detail}
+        audit.record(self.engine, f"agent.{action}", actor=actor, subject=run.id, data=data)
 
 
 @dataclass
@@ -163,14 +176,14 @@ class AgentRuntime:
         engine: Engine | None = None,
         knowledge_bases: Callable[[], Any] | None = None,
         embedder: Callable[[str], Embedder] | None = None,
-        audit: AuditHook = no_audit,
+        audit: AuditHook | None = None,
     ) -> None:
         register_builtins()
         self.settings = settings
         self.models = models
-        self.audit = audit
         self._own_engine = engine is None
         self.engine = engine or open_engine(settings.database)
+        self.audit: AuditHook = audit if audit is not None else AuditLogHook(self.engine)
         self.store = RunStore(self.engine)
         self._knowledge_bases = knowledge_bases
         self._embedder = embedder
@@ -483,7 +496,7 @@ class AgentRuntime:
         claimed = await asyncio.to_thread(self._claim_waiting, run_id)
         if not claimed:
             raise InvalidRequestError(f"Run '{run_id}' was decided by someone else meanwhile.")
-        self.audit(action, run, actor, detail)
+        await asyncio.to_thread(self.audit, action, run, actor, detail)
         return run
 
     def _claim_waiting(self, run_id: str) -> bool:
@@ -718,4 +731,12 @@ def describe(run: AgentRun) -> str:
     )
 
 
-__all__ = ["AgentInfo", "AgentRuntime", "AuditHook", "RunUsage", "describe", "no_audit"]
+__all__ = [
+    "AgentInfo",
+    "AgentRuntime",
+    "AuditHook",
+    "AuditLogHook",
+    "RunUsage",
+    "describe",
+    "no_audit",
+]
