@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from llmforge.audit import AuditLog
 from llmforge.core.db import open_engine
 from llmforge.core.errors import InvalidRequestError, ModelError
 from llmforge.core.types import Completion, Message, ResponseFormat, Sampling, TokenLogprob
@@ -166,6 +167,8 @@ async def test_rollback_sends_everything_back_at_once(store: DistillStore) -> No
     got, _ = await ask(p, serve)
     assert got is None and serve.calls == []
     assert store.route("gpt").state == "rolled_back"
+    kinds = [e.kind for e in AuditLog(store.engine).entries() if e.subject == "gpt"]
+    assert kinds[-2:] == ["model.promoted", "model.rolled_back"]
 
 
 def test_a_route_needs_a_servable_student(store: DistillStore) -> None:

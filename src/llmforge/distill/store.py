@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from llmforge import audit
 from llmforge.core.db import Migration, migrate, sortable_id
 from llmforge.core.errors import InvalidRequestError, NotFoundError
 from llmforge.core.types import Message
@@ -414,10 +415,15 @@ class DistillStore:
         return found
 
     def set_share(self, model: str, share: float, state: RouteState) -> Route:
+        """Route `share` of `model`'s calls to its student; each change (a canary share, a
+        promotion, a rollback) is also a row of the audit log (`model.<state>`)."""
         route = self.route(model)
         if share:
             self.require_active(route.student)
-        return self.put_route(route.model_copy(update={"share": share, "state": state}))
+        changed = self.put_route(route.model_copy(update={"share": share, "state": state}))
+        data = {"student": route.student, "share": share, "previous_share": route.share}
+        audit.record(self.engine, f"model.{state}", subject=model, data=data)
+        return changed
 
     # -- feedback --------------------------------------------------------------------------
 
