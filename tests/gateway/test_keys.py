@@ -88,6 +88,10 @@ def test_revoked_key_is_401_at_once(base: str) -> None:
         sdk.chat.completions.create(model="fake", messages=HI)
     with pytest.raises(openai.AuthenticationError):
         sdk.embeddings.create(model="hash", input="hi")
+    # both changes are in the audit log, named as the master key's doing
+    rows = admin(base, "GET", "/v1/audit/entries?limit=1000").json()["data"]
+    mine = [(r["kind"], r["actor"]) for r in rows if r["subject"] == key_id]
+    assert mine == [("key.created", "master"), ("key.revoked", "master")]
 
 
 def test_key_scoped_to_a_model_gets_403_for_others(base: str) -> None:

@@ -7,6 +7,7 @@ gateway only while a master key is set (LLMFORGE_MASTER_KEY). Commands are thin:
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from typing import Annotated
@@ -57,6 +58,7 @@ def create(
         tpm=tpm,
         budget_usd=budget,
         known_models=known,
+        actor=_actor(),
     )
     if as_json:
         sys.stdout.write(json.dumps({**created.record.model_dump(), "key": created.key}) + "\n")
@@ -102,7 +104,7 @@ def revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a key: it stops working at once and stays listed with its spend."""
-    key = _store(settings_for(ctx, config)).revoke(key_id)
+    key = _store(settings_for(ctx, config)).revoke(key_id, actor=_actor())
     typer.echo(f"Revoked {key.id} ('{key.name}'); it had spent {_usd(key.spent_usd)}.")
 
 
@@ -117,3 +119,8 @@ def _row(k: ApiKey) -> dict[str, object]:
         "spent": _usd(k.spent_usd),
         "status": "active" if k.active else "revoked",
     }
+
+
+def _actor() -> str:
+    """Who the audit log names for a change made from this machine's command line."""
+    return f"cli:{getpass.getuser()}"

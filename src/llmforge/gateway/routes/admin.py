@@ -38,6 +38,8 @@ def _record(key: ApiKey) -> dict[str, Any]:
     return {"object": "api_key", **key.model_dump()}
 
 
+ADMIN_ACTOR = "master"  # who the audit log names: only the master key reaches these routes
+
 # the master key is checked before the body is even validated
 router = api_router(tags=["admin"], dependencies=[MasterOnly])
 
@@ -52,6 +54,7 @@ async def create_key(ctx: Ctx, body: KeyCreate) -> Response:
         tpm=body.tpm,
         budget_usd=body.budget_usd,
         known_models=[m.name for m in ctx.catalog.infos()],
+        actor=ADMIN_ACTOR,
     )
     return json_response({**_record(created.record), "key": created.key}, 201)
 
@@ -69,4 +72,5 @@ async def get_key(ctx: Ctx, key_id: str) -> Response:
 
 @router.delete("/admin/keys/{key_id}")
 async def revoke_key(ctx: Ctx, key_id: str) -> Response:
-    return json_response(_record(await asyncio.to_thread(ctx.admission.store.revoke, key_id)))
+    revoked = await asyncio.to_thread(ctx.admission.store.revoke, key_id, actor=ADMIN_ACTOR)
+    return json_response(_record(revoked))
