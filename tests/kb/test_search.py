@@ -109,7 +109,7 @@ async def test_without_a_reranker_no_rerank_stage_runs(tmp_path: Path) -> None:
 
 
 def test_unknown_store_or_reranker_names_fail_listing_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(UnknownNameError, match="Known: lancedb, qdrant"):
+    with pytest.raises(UnknownNameError, match="Known: lancedb, pgvector, qdrant"):
         KnowledgeBases(make_settings(tmp_path, store="chroma"))
     with pytest.raises(UnknownNameError, match="Known: cross-encoder"):
         KnowledgeBases(make_settings(tmp_path, reranker={"provider": "cohere", "path": "x"}))
