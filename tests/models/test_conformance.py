@@ -74,10 +74,18 @@ EMBED_CONFIGS: dict[str, Callable[[str], EmbeddingConfig]] = {
 }
 
 
+# Providers built over a whole subsystem (a run of graphs, a registry of trained versions, a
+# labelled file): their behaviour as models is specified by their own packages' tests, through a
+# live gateway — tests/agents/test_runs.py (agent as an OpenAI model), tests/distill (distilled,
+# answer-key).
+COVERED_ELSEWHERE = {"agent", "distilled", "answer-key"}
+
+
 def test_every_registered_backend_is_covered() -> None:
     # what the package declares (other tests register throwaway names of their own)
     declared = {ep.name for ep in entry_points(group="llmforge.models")}
-    assert declared <= set(CHAT_CONFIGS) and declared <= set(chat_models.names())
+    assert declared <= set(CHAT_CONFIGS) | COVERED_ELSEWHERE
+    assert declared <= set(chat_models.names())
     declared = {ep.name for ep in entry_points(group="llmforge.embedders")}
     assert declared <= set(EMBED_CONFIGS) and declared <= set(embedders.names())
 
