@@ -130,6 +130,7 @@ async def run_ours(
     tune_options: dict[str, Any] | None = None,
     expand: list[str] | None = None,
     expand_queries: int = 100,
+    labelled_share: float = 0.0,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {"reranker": {"path": reranker}} if reranker else {}
     settings = load_settings(
@@ -179,7 +180,16 @@ async def run_ours(
         if expand:
             out["expand"] = await run_expansion(kb, names, queries, qrels, expand, expand_queries)
         if tune:
-            out["tune"] = await run_tuning(kb, names, queries, qrels, tune, tune_options or {})
+            out["tune"] = await run_tuning(
+                kb,
+                names,
+                queries,
+                qrels,
+                tune,
+                tune_options or {},
+                labelled_share,
+                folder,
+            )
     finally:
         await kbs.aclose()
     return out
@@ -240,27 +250,53 @@ async def run_tuning(
     qrels: dict,
     methods: list[str],
     options: dict[str, Any],
+    labelled_share: float = 0.0,
+    folder: Path | None = None,
 ) -> dict[str, Any]:
     """`kb tune` with each method in turn, measured on the judged queries (which the tuning never
     sees: it trains and gates on synthetic queries of the corpus). A method named `NAME!` is
-    forced through its gate (min_gain -1) to measure what it would do; plain names go through
-    the real gate. Each run is rolled back before the next, so all start from version 0."""
+    forced through its gate (min_gain -1, no labelled set) to measure what it would do; plain
+    names go through the real gate. Each run is rolled back before the next, so all start from
+    version 0.
+
+    With `labelled_share`, that share of the judged queries (every n-th by id) is handed to the
+    gate as the user's labelled set, and every figure, the untuned methods' too, is measured on
+    the other queries only."""
     from llmforge.kb.queries import PseudoQueries
-    from llmforge.kb.tune import TuneOptions
+    from llmforge.kb.tune import LabelledQuery, TuneOptions
 
     out: dict[str, Any] = {}
+    if labelled_share > 0 and folder is not None:
+        every = max(2, round(1 / labelled_share))
+        ids = sorted(queries)
+        gate_ids = set(ids[::every])
+        paths = {doc: str((folder / name).resolve()) for name, doc in names.items()}
+        labelled = [
+            LabelledQuery(
+                query=queries[q], relevant={paths[d]: g for d, g in qrels[q].items() if g > 0}
+            )
+            for q in sorted(gate_ids)
+            if any(g > 0 for g in qrels[q].values())
+        ]
+        options = {**options, "labelled": labelled}
+        queries = {q: t for q, t in queries.items() if q not in gate_ids}
+        out["reported_on"] = {"queries": len(queries), "labelled_for_gate": len(labelled)}
+        for fusion in ("bm25", "dense", None):
+            out["reported_on"][fusion or "default"] = await judged(
+                kb, names, queries, qrels, fusion=fusion
+            )
     for spec in methods:
         forced = spec.endswith("!")
         method = spec.rstrip("!")
-        tune_options = TuneOptions.model_validate(
-            {**options, "method": method, **({"min_gain": -1.0} if forced else {})}
-        )
+        forcing = {"min_gain": -1.0, "labelled": None} if forced else {}
+        tune_options = TuneOptions.model_validate({**options, "method": method, **forcing})
         cpu, wall = time.process_time(), time.perf_counter()
         report = await kb.tune(tune_options, PseudoQueries())
         row: dict[str, Any] = {
             "accepted": report.accepted,
             "chosen": report.chosen,
             "gate": report.gate.model_dump(),
+            "labelled": report.labelled.model_dump() if report.labelled else None,
             "candidates": [c.model_dump() for c in report.candidates],
             "cpu_s": round(time.process_time() - cpu, 1),
             "wall_s": round(time.perf_counter() - wall, 1),
@@ -429,7 +465,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="--scale: chunks per upsert")
     parser.add_argument(
         "--tune",
-        default="auto",
+        default="fusion!,fusion",
         help="comma-separated `kb tune` methods to measure (auto, fusion, adapter, finetune; "
         "NAME! forces it through the gate); 'none' skips tuning",
     )
@@ -442,6 +478,13 @@ def main() -> None:
     )
     parser.add_argument("--expand-queries", type=int, default=100, help="judged queries used")
     parser.add_argument("--tune-sample", type=int, default=400, help="chunks given queries")
+    parser.add_argument(
+        "--labelled-share",
+        type=float,
+        default=0.5,
+        help="share of the judged queries given to the tune's gate as a labelled set (the "
+        "figures are then measured on the rest)",
+    )
     args = parser.parse_args()
     if args.scale:
         scaled = run_scale(args.rows, args.queries, args.batch)
@@ -495,6 +538,7 @@ def main() -> None:
                     tune_options,
                     expand,
                     args.expand_queries,
+                    args.labelled_share,
                 )
             )
         )
@@ -515,7 +559,15 @@ def main() -> None:
         for name, row in e.items():
             if name not in ("queries", "plain"):
                 print(f"    {name:28s} nDCG@10 {row['ndcg@10']:.4f}  {row['ms_per_query']} ms/q")
-    for spec, t in result.get("tune", {}).items():
+    tuned = dict(result.get("tune", {}))
+    if "reported_on" in tuned:
+        r = tuned.pop("reported_on")
+        print(
+            f"  tuning measured on {r['queries']} judged queries ({r['labelled_for_gate']} others "
+            f"were the gate's labelled set); on them: BM25 {r['bm25']['ndcg@10']:.4f}, dense "
+            f"{r['dense']['ndcg@10']:.4f}, default {r['default']['ndcg@10']:.4f}"
+        )
+    for spec, t in tuned.items():
         verdict = "accepted" if t["accepted"] else "refused"
         print(
             f"  {'tuned: ' + spec:32s} nDCG@10 {t['ndcg@10']:.4f}  recall@10 "

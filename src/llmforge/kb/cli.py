@@ -228,8 +228,8 @@ def tune_command(
     kb: KBOption,
     method: Annotated[
         str,
-        typer.Option(help="auto (fusion, adapter and finetune compete), fusion, adapter, finetune"),
-    ] = "auto",
+        typer.Option(help="fusion (default), adapter, finetune, or auto (all three compete)"),
+    ] = "fusion",
     queries: Annotated[
         str, typer.Option(help="pseudo (title and sentence queries, no model) or model")
     ] = "pseudo",

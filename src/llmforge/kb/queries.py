@@ -47,13 +47,16 @@ MAX_PASSAGE_CHARS = 1200
 
 
 class SyntheticQuery(BaseModel):
-    """A query written for one chunk; `positive` is the text the embedder is trained to match."""
+    """A query written for one chunk. `positive` is the text the embedder is trained to match;
+    `cloze` is what the chunk counts as when a held-out query is judged: never the words the
+    query was cut from."""
 
     text: str
     chunk_id: str
     source: str
     kind: str
     positive: str
+    cloze: str = ""
 
 
 class QueryGenerator(Protocol):
@@ -89,8 +92,9 @@ def shared_titles(chunks: Sequence[Chunk]) -> set[str]:
     return {t for t, found in sources.items() if len(found) > 1}
 
 
-def _sentence_query(chunk: Chunk, rng: random.Random) -> tuple[str, str] | None:
-    """(a span of one sentence's content words, the chunk's text without that sentence)."""
+def _sentence_query(chunk: Chunk, rng: random.Random) -> tuple[str, str, str] | None:
+    """(a span of one sentence's content words, the text to train it on, the chunk's text
+    without that sentence)."""
     parts = sentences(chunk.text)
     usable = [i for i, s in enumerate(parts) if len(_content_words(s)) >= MIN_SPAN]
     if len(parts) > 1 and parts[0].strip() == chunk.title.strip():
@@ -104,8 +108,8 @@ def _sentence_query(chunk: Chunk, rng: random.Random) -> tuple[str, str] | None:
     query = " ".join(words[start : start + length])
     rest = "".join(p for i, p in enumerate(parts) if i != index).strip()
     keep = rng.random() < KEEP_SENTENCE or len(rest) < 40
-    positive = chunk.indexed_text() if keep else _with_header(chunk, rest)
-    return query, positive
+    cloze = _with_header(chunk, rest)
+    return query, chunk.indexed_text() if keep else cloze, cloze
 
 
 def _without_title(chunk: Chunk) -> str:
@@ -143,7 +147,7 @@ class PseudoQueries:
             out.append(_query(title, chunk, "title", _without_title(chunk)))
         span = _sentence_query(chunk, rng)
         if span is not None:
-            out.append(_query(span[0], chunk, "sentence", span[1]))
+            out.append(_query(span[0], chunk, "sentence", span[1], span[2]))
         return out
 
 
@@ -216,9 +220,16 @@ def clean_query(raw: str, chunk: Chunk) -> str | None:
     return line
 
 
-def _query(text: str, chunk: Chunk, kind: str, positive: str) -> SyntheticQuery:
+def _query(
+    text: str, chunk: Chunk, kind: str, positive: str, cloze: str | None = None
+) -> SyntheticQuery:
     return SyntheticQuery(
-        text=text, chunk_id=chunk.id, source=chunk.source, kind=kind, positive=positive
+        text=text,
+        chunk_id=chunk.id,
+        source=chunk.source,
+        kind=kind,
+        positive=positive,
+        cloze=cloze if cloze is not None else positive,
     )
 
 

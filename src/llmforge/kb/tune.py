@@ -81,7 +81,9 @@ class TuneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method = Field(
-        "auto", description="auto: fusion, adapter and finetune compete; or just one of them"
+        "fusion",
+        description="fusion (the default: the only one measured to help real queries), adapter, "
+        "finetune, or auto (all three compete on the dev queries)",
     )
     queries: Literal["pseudo", "model"] = Field(
         "pseudo", description="pseudo: title and sentence queries, no model; model: `model`'s"
@@ -463,14 +465,14 @@ async def _retrieve(
 ) -> _Lists:
     """Dense and BM25 candidates of each query. With `documents` (the embedder of `store`'s
     vectors), synthetic queries are judged as a cloze: their own chunk is scored by its text
-    without the words the query was cut from (`SyntheticQuery.positive`), so a query copied from
+    without the words the query was cut from (`SyntheticQuery.cloze`), so a query copied from
     the chunk cannot find it by those words alone (see `_cloze`)."""
     texts = [q if isinstance(q, str) else q.text for q in queries]
     vectors = await embed(texts)
     n = candidates(TOP)
     synthetic = [q for q in queries if not isinstance(q, str)]
     positives = (
-        await _embed(documents, [q.positive for q in synthetic])
+        await _embed(documents, [q.cloze or q.positive for q in synthetic])
         if documents is not None and len(synthetic) == len(queries)
         else None
     )
@@ -503,7 +505,7 @@ def _cloze(
         lists.dense[i] = _placed(lists.dense[i], q.chunk_id, own, n)
         if bm25 is None:
             continue
-        kept = set(terms(q.positive))
+        kept = set(terms(q.cloze or q.positive))
         words = [w for w in q.text.split() if w and set(terms(w)) <= kept and terms(w)]
         found = dict(bm25.search(" ".join(words), n)) if words else {}
         lists.bm25[i] = _placed(lists.bm25[i], q.chunk_id, found.get(q.chunk_id), n)
