@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from llmforge.core.config import ModelConfig
-from llmforge.core.errors import ConfigError, InvalidRequestError, LLMForgeError, UpstreamError
+from llmforge.core.errors import ConfigError, LLMForgeError, UpstreamError
 from llmforge.core.types import (
     Completion,
     Delta,
@@ -48,7 +48,6 @@ from llmforge.core.types import (
     Usage,
 )
 from llmforge.models import tool_envelope
-from llmforge.models.base import CompletionBuilder
 from llmforge.models.builtin import resolve
 from llmforge.models.chat_prompt import ChatPrompt
 from llmforge.models.llama_decoder import (
@@ -65,10 +64,14 @@ from llmforge.models.llama_server import LlamaServer, ServerSpec
 from llmforge.models.llamacpp import (
     DEFAULT_CONTEXT,
     ChoiceShaper,
+    Constraint,
     EngineFinish,
     GrammarCache,
     chat_prompt_of,
     check_room,
+    refuse_bad_text_prompt,
+    refuse_images,
+    whole_answer,
 )
 from llmforge.models.local_queue import QueueStats, SlotQueue
 from llmforge.models.openai_compat import HttpUpstream
@@ -118,51 +121,30 @@ class ServedLlamaChatModel:
         await self.server.ready(self._startup_timeout())
 
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
-        builder = CompletionBuilder()
-        async for delta in self.stream(messages, sampling):
-            builder.add(delta)
-        return builder.result(logprobs=sampling.logprobs, whole_calls_only=True)
+        return await whole_answer(self.stream(messages, sampling), sampling)
 
     async def stream(
         self, messages: Sequence[Message], sampling: Sampling
     ) -> AsyncGenerator[Delta, None]:
-        if any(m.images for m in messages):
-            raise InvalidRequestError(
-                f"model '{self.name}' reads text only: remove the image parts, or send them to "
-                "a model that reads images",
-                param="messages",
-            )
+        refuse_images(self.name, messages)
         envelope = tool_envelope.envelope_schema(sampling)  # a bad tool_choice fails here
         vocab, prompt = await self._ensure_vocab()
         # the template writes its own BOS, so none is added (llama-cpp-python does the same)
         tokens = vocab.tokenize(prompt.render(messages, sampling), special=True)
         check_room(self.name, len(tokens), self._n_ctx, "messages")
-        if envelope is not None:  # user stop sequences apply to the text of a `response` only
-            grammar = self._grammars.get(envelope, param="tools")
-            run = self._run(tokens, sampling, grammar, True, sampling.stop, ())
-        else:
-            schema = sampling.json_schema
-            plain = self._grammars.get(schema, param="response_format") if schema else None
-            stops = (*sampling.stop, *prompt.stop)
-            run = self._run(tokens, sampling, plain, False, stops, stops)
+        held = Constraint.for_chat(self._grammars, sampling, envelope, prompt.stop)
+        run = self._run(tokens, sampling, held)
         async with aclosing(run) as deltas:
             async for delta in deltas:
                 yield delta
 
     async def stream_text(self, prompt: str, sampling: Sampling) -> AsyncGenerator[Delta, None]:
         """Continue `prompt` as raw text (no chat template), like `stream` otherwise."""
-        if not prompt:
-            raise InvalidRequestError("the prompt is empty; give text to continue", param="prompt")
-        if sampling.calls_tools:
-            raise InvalidRequestError(
-                "a text completion cannot call tools; use chat completions", param="tools"
-            )
+        refuse_bad_text_prompt(prompt, sampling)
         vocab, _ = await self._ensure_vocab()
         tokens = vocab.tokenize(prompt, special=True, add_bos=vocab.add_bos)
         check_room(self.name, len(tokens), self._n_ctx, "prompt")
-        schema = sampling.json_schema
-        grammar = self._grammars.get(schema, param="response_format") if schema else None
-        run = self._run(tokens, sampling, grammar, False, sampling.stop, sampling.stop)
+        run = self._run(tokens, sampling, Constraint.for_text(self._grammars, sampling))
         async with aclosing(run) as deltas:
             async for delta in deltas:
                 yield delta
@@ -194,10 +176,7 @@ class ServedLlamaChatModel:
         self,
         tokens: list[int],
         sampling: Sampling,
-        grammar: str | None,
-        envelope: bool,
-        stops: Sequence[str],
-        server_stops: Sequence[str],
+        held: Constraint,
     ) -> AsyncGenerator[Delta, None]:
         """Answer the prompt `tokens` `sampling.n` times in one slot, choice after choice, each
         ending with its finish reason; the last Delta carries the usage of the whole call."""
@@ -206,9 +185,11 @@ class ServedLlamaChatModel:
         async with self._queue.slot():
             client = await self._connect()
             for choice in range(sampling.n):
-                body = self._body(tokens, sampling, choice, grammar, server_stops, max_tokens)
+                body = self._body(
+                    tokens, sampling, choice, held.grammar, held.engine_stops, max_tokens
+                )
                 for attempt in range(2):
-                    shaper = ChoiceShaper(choice, envelope, stops)
+                    shaper = ChoiceShaper(choice, held.envelope, held.stops)
                     answer = _Answer(self, shaper, sampling)
                     shown = False
                     try:

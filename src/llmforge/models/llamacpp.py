@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,20 +98,12 @@ class LlamaCppChatModel:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._ensure_loaded)
 
     async def complete(self, messages: Sequence[Message], sampling: Sampling) -> Completion:
-        builder = CompletionBuilder()
-        async for delta in self.stream(messages, sampling):
-            builder.add(delta)
-        return builder.result(logprobs=sampling.logprobs, whole_calls_only=True)
+        return await whole_answer(self.stream(messages, sampling), sampling)
 
     async def stream(
         self, messages: Sequence[Message], sampling: Sampling
     ) -> AsyncGenerator[Delta, None]:
-        if any(m.images for m in messages):
-            raise InvalidRequestError(
-                f"model '{self.name}' reads text only: remove the image parts, or send them to "
-                "a model that reads images",
-                param="messages",
-            )
+        refuse_images(self.name, messages)
         envelope = tool_envelope.envelope_schema(sampling)  # a bad tool_choice fails here
         async with aclosing(self._serve(self._chat, messages, sampling, envelope)) as deltas:
             async for delta in deltas:
@@ -118,12 +111,7 @@ class LlamaCppChatModel:
 
     async def stream_text(self, prompt: str, sampling: Sampling) -> AsyncGenerator[Delta, None]:
         """Continue `prompt` as raw text (no chat template), like `stream` otherwise."""
-        if not prompt:
-            raise InvalidRequestError("the prompt is empty; give text to continue", param="prompt")
-        if sampling.calls_tools:
-            raise InvalidRequestError(
-                "a text completion cannot call tools; use chat completions", param="tools"
-            )
+        refuse_bad_text_prompt(prompt, sampling)
         async with aclosing(self._serve(self._text, prompt, sampling)) as deltas:
             async for delta in deltas:
                 yield delta
@@ -223,22 +211,15 @@ class LlamaCppChatModel:
         # the template writes its own BOS, so none is added (llama-cpp-python does the same)
         tokens = decoder.tokenize(prompt.render(messages, sampling), special=True)
         self._check_room(decoder, tokens, "messages")
-        if envelope is not None:  # user stop sequences apply to the text of a `response` only
-            grammar = self._grammars.get(envelope, param="tools")
-            self._decode(decoder, tokens, sampling, grammar, True, sampling.stop, push, cancel)
-            return
-        schema = sampling.json_schema
-        plain = self._grammars.get(schema, param="response_format") if schema else None
-        stops = (*sampling.stop, *prompt.stop)
-        self._decode(decoder, tokens, sampling, plain, False, stops, push, cancel)
+        held = Constraint.for_chat(self._grammars, sampling, envelope, prompt.stop)
+        self._decode(decoder, tokens, sampling, held, push, cancel)
 
     def _text(self, text: str, sampling: Sampling, push: Push, cancel: threading.Event) -> None:
         _, decoder = self._ensure_loaded()
         tokens = decoder.tokenize(text, special=True, add_bos=decoder.add_bos)
         self._check_room(decoder, tokens, "prompt")
-        schema = sampling.json_schema
-        grammar = self._grammars.get(schema, param="response_format") if schema else None
-        self._decode(decoder, tokens, sampling, grammar, False, sampling.stop, push, cancel)
+        held = Constraint.for_text(self._grammars, sampling)
+        self._decode(decoder, tokens, sampling, held, push, cancel)
 
     def _check_room(self, decoder: Decoder, tokens: list[int], param: str) -> None:
         check_room(self.name, len(tokens), decoder.n_ctx, param)
@@ -248,9 +229,7 @@ class LlamaCppChatModel:
         decoder: Decoder,
         tokens: list[int],
         sampling: Sampling,
-        grammar: str | None,
-        envelope: bool,
-        stops: Sequence[str],
+        held: Constraint,
         push: Push,
         cancel: threading.Event,
     ) -> None:
@@ -264,11 +243,11 @@ class LlamaCppChatModel:
             answer = decoder.answer(
                 sampling,
                 seed=seed_for(sampling, choice),
-                grammar=grammar,
+                grammar=held.grammar,
                 max_tokens=max_tokens,
                 cancel=cancel,
             )
-            shaper = ChoiceShaper(choice, envelope, stops)
+            shaper = ChoiceShaper(choice, held.envelope, held.stops)
             steps = answer.steps()
             try:
                 for step in steps:
@@ -303,6 +282,70 @@ def chat_prompt_of(name: str, llm: Any, template: str | None) -> ChatPrompt:
         )
     except ConfigError as e:
         raise ConfigError(f"model '{name}': {e.message}") from None
+
+
+def refuse_images(name: str, messages: Sequence[Message]) -> None:
+    """GGUF chat models here read text only: a message with images is a 400, not ignored."""
+    if any(m.images for m in messages):
+        raise InvalidRequestError(
+            f"model '{name}' reads text only: remove the image parts, or send them to "
+            "a model that reads images",
+            param="messages",
+        )
+
+
+def refuse_bad_text_prompt(prompt: str, sampling: Sampling) -> None:
+    """A raw-text continuation needs text and cannot call tools."""
+    if not prompt:
+        raise InvalidRequestError("the prompt is empty; give text to continue", param="prompt")
+    if sampling.calls_tools:
+        raise InvalidRequestError(
+            "a text completion cannot call tools; use chat completions", param="tools"
+        )
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """How one answer is held, whichever engine decodes it: its grammar (None: free text),
+    whether it is a tool-call envelope, and the stop sequences that end it (in an envelope, user
+    stops apply to the text of a `response` only, so the engine itself must not stop on them)."""
+
+    grammar: str | None
+    envelope: bool
+    stops: tuple[str, ...]
+
+    @property
+    def engine_stops(self) -> tuple[str, ...]:
+        """The stops an engine may cut at itself (none inside an envelope)."""
+        return () if self.envelope else self.stops
+
+    @classmethod
+    def for_chat(
+        cls,
+        grammars: GrammarCache,
+        sampling: Sampling,
+        envelope: dict[str, Any] | None,
+        template_stops: Sequence[str],
+    ) -> Constraint:
+        if envelope is not None:
+            return cls(grammars.get(envelope, param="tools"), True, sampling.stop)
+        return cls.for_text(grammars, sampling, (*sampling.stop, *template_stops))
+
+    @classmethod
+    def for_text(
+        cls, grammars: GrammarCache, sampling: Sampling, stops: Sequence[str] | None = None
+    ) -> Constraint:
+        schema = sampling.json_schema
+        grammar = grammars.get(schema, param="response_format") if schema else None
+        return cls(grammar, False, tuple(sampling.stop if stops is None else stops))
+
+
+async def whole_answer(stream: AsyncGenerator[Delta, None], sampling: Sampling) -> Completion:
+    """A local stream folded into one answer; a call cut off by max_tokens is left out."""
+    builder = CompletionBuilder()
+    async for delta in stream:
+        builder.add(delta)
+    return builder.result(logprobs=sampling.logprobs, whole_calls_only=True)
 
 
 def check_room(name: str, n_prompt: int, n_ctx: int, param: str) -> None:
