@@ -16,6 +16,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from llmforge.core.settings import Settings, load_settings
@@ -34,6 +41,21 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 console = Console()
+
+
+def progress_bar(*, on: Console | None = None, transient: bool = True) -> Progress:
+    """The one look of long work in every command: the task's description, a bar, done / total,
+    the task's `extra` field (add tasks with `extra=""`: a loss, the current file) and the time
+    elapsed; on `on` (default: stdout's console)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(),
+        console=on or console,
+        transient=transient,
+    )
 
 
 def settings_for(ctx: typer.Context, config: Path | None = None) -> Settings:

@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llmforge.core.cli import ConfigOption, JsonOption, console, print_rows, run, settings_for
+from llmforge.core.cli import (
+    ConfigOption,
+    JsonOption,
+    console,
+    print_rows,
+    progress_bar,
+    run,
+    settings_for,
+)
 from llmforge.core.db import open_engine
 from llmforge.distill.config import load_flywheel
 from llmforge.distill.evaluate import EvalResult
@@ -47,20 +54,12 @@ class RichReporter:
         if not self.show:
             yield lambda done, total, loss: None
             return
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(),
-            console=console.__class__(stderr=True),
-            transient=False,
-        ) as bar:
-            task = bar.add_task(label, total=None, loss="")
+        with progress_bar(on=console.__class__(stderr=True), transient=False) as bar:
+            task = bar.add_task(label, total=None, extra="")
 
             def step(done: int, total: int, loss: float | None) -> None:
                 shown = "" if loss is None else f"loss {loss:.4f}"
-                bar.update(task, completed=done, total=total, loss=shown)
+                bar.update(task, completed=done, total=total, extra=shown)
 
             yield step
 

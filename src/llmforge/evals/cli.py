@@ -15,10 +15,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmforge.core.cli import ConfigOption, JsonOption, console, print_rows, run, settings_for
+from llmforge.core.cli import (
+    ConfigOption,
+    JsonOption,
+    console,
+    print_rows,
+    progress_bar,
+    run,
+    settings_for,
+)
 from llmforge.core.db import open_engine
 from llmforge.core.errors import InvalidRequestError
 from llmforge.core.settings import Settings
@@ -60,15 +67,8 @@ def _progress(label: str, show: bool) -> Iterator[Callable[[int, int], None] | N
     if not show:
         yield None
         return
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
+    with progress_bar(on=err) as bar:
+        task = bar.add_task(label, total=None, extra="")
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)

@@ -15,9 +15,16 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llmforge.core.cli import ConfigOption, JsonOption, console, print_rows, run, settings_for
+from llmforge.core.cli import (
+    ConfigOption,
+    JsonOption,
+    console,
+    print_rows,
+    progress_bar,
+    run,
+    settings_for,
+)
 from llmforge.core.errors import InvalidRequestError
 from llmforge.core.settings import Settings
 from llmforge.kb.knowledge_base import KnowledgeBases
@@ -61,15 +68,7 @@ async def _ingest(
         kb = await kbs.open(name, create=True)
         if not show_progress:
             return await kb.ingest(paths)
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[extra]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with progress_bar() as bar:
             files = bar.add_task("files", total=None, extra="")
             chunks = bar.add_task("chunks", total=None, extra="")
 
@@ -313,15 +312,7 @@ async def _tune(
         generator = generator_for(options.queries, chat, options.model)
         if not show_progress:
             return await kb.tune(options, generator)
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[extra]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("tune", total=None, extra="")
 
             def update(p: TuneProgress) -> None:
