@@ -9,8 +9,10 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,80 @@ def new_page(browser: Browser) -> Iterator[PageFactory]:
 def open_page(page: Page, server: Server, path: str) -> None:
     page.goto(server.base + path)
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
+
+
+# -- the operations pages: distillation, agents, review queue, audit -------------------------------
+
+
+@dataclass
+class OpsServer(Server):
+    """A keyed server with agents over a scripted OpenAI-compatible upstream (`upstream`), whose
+    database (`database`) the tests also reach through the packages' own stores."""
+
+    upstream: Any = None
+    database: str = ""
+
+
+def ops_settings(tmp: Path, upstream: str) -> Any:
+    """Master key on; `gpt` is the fake upstream's tool-calling model; the agent `ops-helper`
+    asks a person before each calculator call; every call is audited."""
+    return load_settings(
+        None,
+        database=f"sqlite:///{tmp / 'ops.db'}",
+        master_key=MASTER,
+        models=[
+            {"name": "fake", "provider": "fake", "responses": ["injection"]},
+            {
+                "name": "gpt",
+                "provider": "openai",
+                "base_url": upstream + "/v1",
+                "model_id": "tools",
+            },
+        ],
+        embeddings=[{"name": "hash", "provider": "fake", "dimensions": 16}],
+        kb={"path": str(tmp / "kb"), "embedding": "hash"},
+        agents={
+            "definitions": [
+                {
+                    "name": "ops-helper",
+                    "model": "gpt",
+                    "description": "Does arithmetic for the operations team.",
+                    "tools": [{"name": "calculator", "approval": "required"}],
+                }
+            ],
+            "sandbox": {"scratch": str(tmp / "scratch")},
+        },
+        server={"preload": False},
+        router={"retries": 0},
+        audit={"requests": True},
+    )
+
+
+@contextmanager
+def ops_server_at(tmp: Path) -> Iterator[OpsServer]:
+    from tests.fakes.openai_upstream import FakeOpenAI
+
+    fake = FakeOpenAI()
+    with serve(fake.app) as upstream:
+        settings = ops_settings(tmp, upstream)
+        with serve(create_web_app(settings)) as base:
+            yield OpsServer(base, MASTER, upstream=fake, database=settings.database)
+
+
+@pytest.fixture(scope="module")
+def ops_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsServer]:
+    """A fresh operations server per test module (the audit test breaks its log on purpose)."""
+    with ops_server_at(tmp_path_factory.mktemp("ops")) as server:
+        yield server
+
+
+def screenshot(page: Page, name: str, folder: Path) -> Path:
+    """`page` as `folder/name.png`, also kept in $LLMFORGE_UI_SCREENSHOTS when set (docs/img)."""
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000
+    keep = os.environ.get("LLMFORGE_UI_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / path.name)
+    return path

@@ -24,6 +24,10 @@
     { id: "traces", href: "/traces", icon: "activity", label: "nav.traces" },
     { id: "evals", href: "/evals", icon: "gauge", label: "nav.evals" },
     { id: "keys", href: "/keys", icon: "key", label: "nav.keys" },
+    { id: "distill", href: "/distill", icon: "layers", label: "nav.distill" },
+    { id: "agents", href: "/agents", icon: "cpu", label: "nav.agents" },
+    { id: "review", href: "/review", icon: "inbox", label: "nav.review" },
+    { id: "audit", href: "/audit", icon: "shield", label: "nav.audit" },
   ];
 
   // 24x24 stroke icons (paths in the style of Feather, MIT)
@@ -53,6 +57,20 @@
       "M2 12h20",
       "M12 2a15.3 15.3 0 0 1 4 10 15.3 15.3 0 0 1-4 10 15.3 15.3 0 0 1-4-10 15.3 15.3 0 0 1 4-10z",
     ],
+    layers: ["M12 2L2 7l10 5 10-5-10-5z", "M2 17l10 5 10-5", "M2 12l10 5 10-5"],
+    cpu: [
+      "M4 4h16v16H4z",
+      "M9 9h6v6H9z",
+      "M9 1v3M15 1v3M9 20v3M15 20v3M20 9h3M20 14h3M1 9h3M1 14h3",
+    ],
+    inbox: [
+      "M22 12h-6l-2 3h-4l-2-3H2",
+      "M5.45 5.11L2 12v6a2 2 0 0 0 2 2h16a2 2 0 0 0 2-2v-6l-3.45-6.89A2 2 0 0 0 16.76 4H7.24a2 2 0 0 0-1.79 1.11z",
+    ],
+    shield: ["M12 22s8-4 8-10V5l-8-3-8 3v7c0 6 8 10 8 10z"],
+    download: ["M21 15v4a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2v-4", "M7 10l5 5 5-5", "M12 15V3"],
+    check: ["M20 6L9 17l-5-5"],
+    play: ["M5 3l14 9-14 9V3z"],
     sync: ["M21 12a9 9 0 0 1-15.36 6.36L3 16", "M3 12a9 9 0 0 1 15.36-6.36L21 8", "M21 3v5h-5", "M3 21v-5h5"],
   };
 
@@ -189,6 +207,29 @@
     }
     const status = t("error.status", { status: `${resp.status}${resp.statusText ? " " + resp.statusText : ""}` });
     return new ApiError(text ? `${status}: ${text.slice(0, 300)}` : status, resp.status, body);
+  }
+
+  /* The note for a page that needs the master key, when `err` is the API's refusal (else null). */
+  function masterNote(err) {
+    if (!err || err.status !== 403) return null;
+    return /authentication is off/i.test(err.message) ? t("error.masterOff") : t("error.masterOnly");
+  }
+
+  /* Fetch `path` with the key and save it as `filename` (a plain link cannot send the key). */
+  async function download(path, filename) {
+    let resp;
+    try {
+      resp = await fetch(path, { headers: authHeaders({}) });
+    } catch (err) {
+      throw networkError(err);
+    }
+    if (!resp.ok) throw await errorFrom(resp);
+    const url = URL.createObjectURL(await resp.blob());
+    const link = el("a", { href: url, download: filename, hidden: true });
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
   }
 
   function networkError(err) {
@@ -397,6 +438,13 @@
       list,
       el("div", { class: "rail-tools" }, el("span", { class: "rail-globe" }, icon("globe")), select, keyButton),
     );
+    // a phone's top bar scrolls sideways when the pages do not fit: keep this page's link in view
+    const active = list.querySelector(".rail-link.active");
+    if (active && list.scrollWidth > list.clientWidth) {
+      const a = active.getBoundingClientRect();
+      const l = list.getBoundingClientRect();
+      list.scrollLeft += a.left - l.left - (l.width - a.width) / 2;
+    }
   }
 
   // -- formats ----------------------------------------------------------------------------------------
@@ -488,6 +536,8 @@
     query,
     errorFrom,
     networkError,
+    masterNote,
+    download,
     ApiError,
     showError,
     clearError,
