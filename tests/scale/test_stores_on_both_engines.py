@@ -124,6 +124,20 @@ def test_concurrent_reservations_never_pass_the_budget(database_url: str) -> Non
         keys.reserve(key.id, 31 * NANO)
 
 
+def test_a_retried_settlement_is_charged_once(database_url: str) -> None:
+    """Admission retries a settlement the database refused; if the first try had gone through
+    (its commit lost in transit), the retry finds its reservation gone and charges nothing."""
+    keys = KeyStore(open_engine(database_url))
+    key = keys.create("k", budget_usd=10.0).record
+    first, second = keys.reserve(key.id, 2 * NANO), keys.reserve(key.id, 2 * NANO)
+    assert first is not None and second is not None
+    keys.settle(first, key.id, NANO)
+    keys.settle(first, key.id, NANO, again=True)  # took effect already
+    keys.settle(second, key.id, NANO, again=True)  # the first try never reached the database
+    after = keys.get(key.id)
+    assert (after.spent_usd, after.reserved_usd) == (2.0, 0.0)
+
+
 def test_keys_lookup_revoke_and_stale_reservations(database_url: str) -> None:
     keys = KeyStore(open_engine(database_url))
     created = keys.create("team", models=["local"], rpm=5, budget_usd=1.0)

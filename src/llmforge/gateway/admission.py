@@ -32,19 +32,27 @@
   not help.
 
 Admission and settlement run shielded from cancellation: a client that goes away mid-admission
-still has what was taken given back. This module does not price calls (the gateway sets
+still has what was taken given back. A settlement the database refuses (it is down) is queued
+and retried in order with back-off (`SETTLE_RETRY_S` up to `SETTLE_RETRY_MAX_S`) until it is
+back: the reservation keeps holding the call's worst case meanwhile, so the budget is never
+passed, and once settled the key is charged what the call cost, once (`KeyStore.settle`'s
+`again`). A call that needs the database while it is down (key lookup, budget reservation) is
+refused with 503 (`outage.py`). This module does not price calls (the gateway sets
 `Call.cost_usd`) and does not store keys (keys.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import limits
@@ -64,6 +72,7 @@ from llmforge.core.settings import Settings
 from llmforge.core.types import Message, Sampling, Usage
 from llmforge.gateway.call import Call, Caller, Reservation, TokenHold, cost_usd
 from llmforge.gateway.keys import KeyStore, to_nusd, to_usd
+from llmforge.gateway.outage import outage_as_503, outage_reason
 from llmforge.models import ModelCatalog
 from llmforge.models.base import TokenCounter
 
@@ -81,7 +90,20 @@ WINDOW_S = 60
 STALE_RESERVATION_S = 24 * 3600  # reservations older than this were left by a dead process
 BUDGET_WAIT_S = 5.0  # how long a reservation may wait for calls in flight to settle, by default
 BUDGET_POLL_S = 0.1  # how often it looks again, for settlements by other processes
+SETTLE_RETRY_S = 0.25  # first wait before retrying settlements the database refused
+SETTLE_RETRY_MAX_S = 2.0  # the longest wait between retries
 MASTER = Caller(key_id="master", name="master", master=True)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one finished call owes its key's ledger: its reservation (if it had one) released
+    and `nusd` charged."""
+
+    call_id: str
+    key_id: str
+    reservation_id: str | None
+    nusd: int
 
 
 def prompt_token_bound(
@@ -234,6 +256,10 @@ class KeyAdmission:
         # in this process sets
         self._lines: dict[str, asyncio.Lock] = {}
         self._settled: dict[str, asyncio.Event] = {}
+        # settlements the database refused, in order, and the task retrying them
+        self._unsettled: deque[Settlement] = deque()
+        self._retrying: asyncio.Future[None] | None = None
+        self._closing = asyncio.Event()
 
     @classmethod
     def from_settings(
@@ -259,8 +285,17 @@ class KeyAdmission:
             log.warning("released %d budget reservation(s) left by a stopped process", released)
 
     async def aclose(self) -> None:
+        """Finish what is in flight; settlements still owed get a last try, and those the
+        database still refuses are logged (their reservations stay until `release_stale`)."""
+        self._closing.set()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        for due in self._unsettled:
+            log.error(
+                "call %s of key %s could not be settled before shutdown (database unavailable): "
+                "$%.9f not charged, its reservation held until released as stale",
+                due.call_id, due.key_id, due.nusd / 1e9,
+            )  # fmt: skip
         await self.rate_limits.aclose()
         if self._writer is not None:
             self._writer.shutdown(wait=False)
@@ -281,7 +316,8 @@ class KeyAdmission:
             )
         if hmac.compare_digest(secret.encode(), self.master_key.encode()):
             return MASTER
-        key = await asyncio.to_thread(self.store.lookup, secret)
+        with outage_as_503():
+            key = await asyncio.to_thread(self.store.lookup, secret)
         if key is None:
             raise AuthenticationError(
                 f"Invalid API key '{secret[:8]}...': it is unknown or was revoked. "
@@ -360,17 +396,20 @@ class KeyAdmission:
 
     async def _settle(self, call: Call, reservation: Reservation) -> None:
         charged = self._charge(call, reservation)
-        try:
-            if reservation.budget_id is not None or charged:
-                await self._write(
-                    self.store.settle, reservation.budget_id, reservation.key_id, charged
-                )
-        except SQLAlchemyError:  # the reservation stays; `release_stale` frees it later
-            log.exception("could not settle call %s of key %s", call.id, reservation.key_id)
-        else:
-            settled = self._settled.pop(reservation.key_id, None)
-            if settled is not None:
-                settled.set()  # wakes the first reservation waiting for this key
+        if reservation.budget_id is not None or charged:
+            due = Settlement(call.id, reservation.key_id, reservation.budget_id, charged)
+            if self._unsettled:  # in line behind earlier ones, which wait for the database
+                self._owe(due)
+            else:
+                try:
+                    await self._write(self.store.settle, due.reservation_id, due.key_id, charged)
+                except SQLAlchemyError as e:
+                    log.warning(
+                        "could not settle call %s (%s); retrying", call.id, outage_reason(e)
+                    )
+                    self._owe(due)
+                else:
+                    self._woken(due.key_id)
         if reservation.tokens is not None:
             try:
                 await self._limits(
@@ -378,6 +417,41 @@ class KeyAdmission:
                 )
             except OverloadedError:
                 log.exception("could not correct the token count of call %s", call.id)
+
+    def _owe(self, due: Settlement) -> None:
+        """Queue a settlement the database refused; `_settle_owed` retries it (its reservation
+        keeps holding the call's worst case meanwhile, so the budget is never passed)."""
+        self._unsettled.append(due)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.ensure_future(self._settle_owed())
+            self._keep(self._retrying)
+
+    async def _settle_owed(self) -> None:
+        """Retry the queued settlements in order, with back-off, until the database takes them
+        all (or the gateway closes, see `aclose`)."""
+        delay = SETTLE_RETRY_S
+        while self._unsettled:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+            while self._unsettled:
+                due = self._unsettled[0]
+                try:
+                    await self._write(
+                        self.store.settle, due.reservation_id, due.key_id, due.nusd, True
+                    )
+                except SQLAlchemyError:
+                    break
+                self._unsettled.popleft()
+                self._woken(due.key_id)
+                log.info("settled call %s after the database came back", due.call_id)
+            if self._closing.is_set():
+                return
+            delay = min(delay * 2, SETTLE_RETRY_MAX_S) if self._unsettled else SETTLE_RETRY_S
+
+    def _woken(self, key_id: str) -> None:
+        settled = self._settled.pop(key_id, None)
+        if settled is not None:
+            settled.set()  # wakes the first reservation waiting for this key
 
     async def _reserve_budget(self, caller: Caller, amount_nusd: int, gone: asyncio.Event) -> str:
         """The ledger's reservation of `amount_nusd` for the key. While calls in flight hold the
@@ -393,7 +467,7 @@ class KeyAdmission:
         try:
             if not line.locked():  # nobody waits: try at once (others wait: no overtaking them)
                 settled = self._settled.setdefault(key_id, asyncio.Event())
-                rid = await self._write(self.store.reserve, key_id, amount_nusd)
+                rid = await self._reserve(key_id, amount_nusd)
                 if rid is not None:
                     return rid
             in_line = await _until(line.acquire(), deadline - loop.time(), gone)
@@ -406,7 +480,7 @@ class KeyAdmission:
                     if gone.is_set():
                         break
                 settled = self._settled.setdefault(key_id, asyncio.Event())
-                rid = await self._write(self.store.reserve, key_id, amount_nusd)
+                rid = await self._reserve(key_id, amount_nusd)
                 if rid is not None:
                     return rid
             if gone.is_set():
@@ -416,8 +490,13 @@ class KeyAdmission:
             if in_line:
                 line.release()
 
+    async def _reserve(self, key_id: str, amount_nusd: int) -> str | None:
+        with outage_as_503():
+            return await self._write(self.store.reserve, key_id, amount_nusd)
+
     async def _held_refusal(self, caller: Caller, amount_nusd: int) -> RateLimitError:
-        key = await asyncio.to_thread(self.store.get, caller.key_id)
+        with outage_as_503():
+            key = await asyncio.to_thread(self.store.get, caller.key_id)
         held = f"${key.reserved_usd:.6f}" if key.reserved_usd else "the rest"
         return RateLimitError(
             f"Calls in flight on key '{caller.name}' hold {held} of its "

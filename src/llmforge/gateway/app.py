@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.telemetry import TelemetryConfig
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,6 +39,7 @@ from llmforge.gateway.context import AppContext, StrictJsonRoute
 from llmforge.gateway.keys import KeyStore
 from llmforge.gateway.lane import Lane, LaneRoute, openapi_paths
 from llmforge.gateway.metrics import GatewayMetrics, InFlightMiddleware
+from llmforge.gateway.outage import database_unavailable
 from llmforge.gateway.replies import (
     error_response,
     forge_error_response,
@@ -276,6 +278,14 @@ def _install_error_handlers(app: GatewayApp) -> None:
         if e.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         return error_response(request.url.path, e.status_code, detail, kind, None, code, headers)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, e: SQLAlchemyError) -> Response:
+        """A database that is unreachable for now is a 503 (outage.py), any other database
+        error a 500 like every unexpected one."""
+        if (outage := database_unavailable(e)) is not None:
+            return forge_error_response(request.url.path, outage)
+        return await unexpected(request, e)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> Response:

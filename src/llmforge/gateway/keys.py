@@ -291,8 +291,14 @@ class KeyStore:
             )
         return rid
 
-    def settle(self, reservation_id: str | None, key_id: str, actual_nusd: int) -> None:
-        """Release the reservation (if any, and not released already) and add the actual cost."""
+    def settle(
+        self, reservation_id: str | None, key_id: str, actual_nusd: int, again: bool = False
+    ) -> None:
+        """Release the reservation (if any, and not released already) and add the actual cost.
+        `again` retries a settlement that failed: one whose reservation is gone already took
+        effect (its commit went through before the connection broke) and is not charged twice.
+        One without a reservation cannot tell: if its first commit was lost in transit after it
+        took effect, it is charged twice (spend is over-counted then, never under)."""
         with self.engine.begin() as conn:
             held = 0
             if reservation_id is not None:
@@ -302,6 +308,8 @@ class KeyStore:
                     .returning(reservations.c.amount_nusd)
                 ).first()
                 held = int(row[0]) if row is not None else 0
+                if again and row is None:
+                    return
             if held or actual_nusd:
                 k = api_keys.c
                 conn.execute(

@@ -36,6 +36,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmforge.core.errors import InvalidRequestError, LLMForgeError
+from llmforge.gateway.outage import database_unavailable
 from llmforge.gateway.replies import (
     describe_validation_error,
     error_response,
@@ -97,12 +98,15 @@ class Lane:
             return
         except LLMForgeError as e:
             response = forge_error_response(path, e)
-        except Exception:
-            log.exception("unhandled error")
-            response = error_response(
-                path, 500, "Internal server error; see the server log.", "server_error", None,
-                "internal_error",
-            )  # fmt: skip
+        except Exception as e:
+            if (outage := database_unavailable(e)) is not None:
+                response = forge_error_response(path, outage)
+            else:
+                log.exception("unhandled error")
+                response = error_response(
+                    path, 500, "Internal server error; see the server log.", "server_error", None,
+                    "internal_error",
+                )  # fmt: skip
         # Servers on ASGI 2.4 report a hang-up mid-stream as a failed send (Starlette raises
         # ClientDisconnect); it is not an error: the stream's generator is closed either way.
         with contextlib.suppress(ClientDisconnect):
