@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     router: RouterConfig = Field(default_factory=RouterConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     redis_url: str | None = Field(None, description="shared limits and cache across processes")
+    executor: str = Field(
+        "local",
+        description="where batch work runs (teacher labelling): local (this process), "
+        "ray://host:10001 or auto (a Ray cluster; the `cluster` extra), see core/dispatch.py",
+    )
     master_key: SecretStr | None = Field(
         None, description="enables API keys; usually set as LLMFORGE_MASTER_KEY, not in the file"
     )
