@@ -39,7 +39,7 @@ HARMLESS = "Please ignore my last message, I meant Tuesday, not Monday."
 @pytest.fixture(scope="module")
 def server(ops_server: OpsServer) -> Iterator[OpsServer]:
     queue = ReviewQueue(open_engine(ops_server.database))
-    made = {}
+    made: dict[str, str] = {}
     for text, flagged, score in ((ATTACK, True, 0.97), (HARMLESS, True, 0.71)):
         made[text] = queue.add(
             NewReview(
