@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
 			llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(LLAMA_WHEELS); }
 	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# the cluster extra (Ray) too: one test labels on a local Ray cluster (docs/decisions.md)
+	$(BIN)/python -m pip install --quiet -e '.[dev,cluster]'
 	@touch $(STAMP)
 
 install: $(STAMP)

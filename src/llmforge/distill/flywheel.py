@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
+from llmforge.core.dispatch import open_executor
 from llmforge.core.errors import InvalidRequestError, LLMForgeError
 from llmforge.core.settings import Settings
 from llmforge.core.types import Sampling
@@ -155,18 +156,23 @@ class Flywheel:
             teacher = self.catalog.chat(self.spec.teacher)
             config = self.catalog.config(self.spec.teacher)
             judge = self.catalog.chat(self.spec.label.judge) if self.spec.label.judge else None
-            with self.reporter.stage("label") as step:
-                labelled, result = await label_examples(
-                    splits,
-                    info.sha256,
-                    self.spec.teacher,
-                    teacher,
-                    config,
-                    self.spec.label,
-                    self.store,
-                    judge,
-                    lambda done, total: step(done, total, None),
-                )
+            executor = open_executor(self.settings.executor)
+            try:
+                with self.reporter.stage("label") as step:
+                    labelled, result = await label_examples(
+                        splits,
+                        info.sha256,
+                        self.spec.teacher,
+                        teacher,
+                        config,
+                        self.spec.label,
+                        self.store,
+                        judge,
+                        lambda done, total: step(done, total, None),
+                        executor,
+                    )
+            finally:
+                await executor.aclose()
             folder = self.root / "labels" / run_id
             for split, examples in labelled.items():
                 write_split(folder, split, examples)

@@ -8,7 +8,12 @@ ignored) is kept if at least `min_agreement` of the samples agree. A `judge` mod
 each label with the evals `rubric` metric; labels graded under `judge_min` are dropped. Cost is
 counted at the teacher's `price` or the flywheel's list price.
 
-The teacher is any configured chat model, handed in; this module builds no model.
+The teacher's answers are a map over batches of prompts run by an `Executor` (core/dispatch.py):
+in this process by default, with the teacher handed in and at most `concurrency` calls at once;
+on a cluster (`executor: ray://...`) each batch is a task that builds the teacher from its config
+(so it must be self-contained: an upstream server or a local file the workers can read) and makes
+at most `concurrency` calls at once, and the batches answered are cached as each wave of them
+comes back. The judge runs here. This module builds no model in this process.
 """
 
 from __future__ import annotations
@@ -24,15 +29,36 @@ from collections.abc import Callable, Sequence
 from pydantic import BaseModel, Field
 
 from llmforge.core.config import ModelConfig, Price
-from llmforge.core.types import Sampling
+from llmforge.core.dispatch import Executor, InProcessExecutor
+from llmforge.core.types import Completion, Message, Sampling
 from llmforge.distill.collect import SPLITS, Example, Split
 from llmforge.distill.config import LabelSpec
 from llmforge.distill.store import CachedLabel, DistillStore
 from llmforge.evals import Case, MetricOptions, Output, build_metrics
 from llmforge.evals.metrics import tokens
+from llmforge.models import ModelCatalog
 from llmforge.models.base import ChatModel
 
 Progress = Callable[[int, int], None]
+BATCH_ASKS = 32  # prompts per batch sent to a cluster
+WAVE_BATCHES = 8  # batches per map on a cluster: what is answered is cached after each wave
+
+
+class Ask(BaseModel):
+    """One teacher call: a prompt and its sampling, under its cache key."""
+
+    key: str
+    messages: list[Message]
+    sampling: Sampling
+
+
+class TeacherBatch(BaseModel):
+    """What a cluster worker needs to answer some asks: the teacher's config and price."""
+
+    teacher: ModelConfig
+    price: Price
+    concurrency: int
+    asks: list[Ask]
 
 
 class LabelResult(BaseModel):
@@ -86,54 +112,88 @@ async def label_examples(
     store: DistillStore,
     judge: ChatModel | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> tuple[dict[Split, list[Example]], LabelResult]:
-    """The examples with the teacher's `label` (dropped ones left out), and what it took."""
+    """The examples with the teacher's `label` (dropped ones left out), and what it took. The
+    teacher's calls run on `executor` (default: this process)."""
+    executor = executor or InProcessExecutor()
     price = teacher_price(teacher_config, spec)
     config_json = teacher_config.model_dump(mode="json")
-    gate = asyncio.Semaphore(spec.concurrency)
     total = sum(len(v) for v in splits.values())
-    done = 0
-    stats = {"calls": 0, "cached": 0}
-    latencies: list[float] = []
+    asks: dict[tuple[str, int], Ask] = {}  # (example id, sample) -> its ask
+    for examples in splits.values():
+        for example in examples:
+            for index in range(spec.samples):
+                sampling = label_sampling(spec, index)
+                key = _key(config_json, example, sampling, index)
+                asks[(example.id, index)] = Ask(
+                    key=key, messages=list(example.messages), sampling=sampling
+                )
+    found: dict[str, CachedLabel] = {}
+    for ask in asks.values():
+        if ask.key not in found and (hit := await asyncio.to_thread(store.cached_label, ask.key)):
+            found[ask.key] = hit
+    stats = {"calls": 0, "cached": sum(1 for a in asks.values() if a.key in found)}
+    todo = list({a.key: a for a in asks.values() if a.key not in found}.values())
+    # for progress: the examples each unanswered key belongs to, and how many keys each lacks
+    waiting: dict[str, list[str]] = {}
+    lacking: Counter[str] = Counter()
+    for (example_id, _), ask in asks.items():
+        if ask.key not in found:
+            waiting.setdefault(ask.key, []).append(example_id)
+            lacking[example_id] += 1
+    done = total - len(lacking)
+
+    async def keep(labels: Sequence[CachedLabel], batch: TeacherBatch) -> None:
+        """Cache the batch's answers (on a thread), then count them (on the loop)."""
+        nonlocal done
+        pairs = list(zip(batch.asks, labels, strict=True))
+        await asyncio.to_thread(_cache_all, store, teacher_name, pairs)
+        for ask, label in pairs:
+            found[ask.key] = label
+            for example_id in waiting.pop(ask.key, []):
+                lacking[example_id] -= 1
+                done += lacking[example_id] == 0
+        stats["calls"] += len(labels)
+
+    reported = done
+
+    def report() -> None:
+        nonlocal reported
+        if progress and done != reported:
+            reported = done
+            progress(done, total)
+
+    def batch_of(part: list[Ask]) -> TeacherBatch:
+        return TeacherBatch(
+            teacher=teacher_config, price=price, concurrency=spec.concurrency, asks=part
+        )
+
+    if progress:
+        progress(0, total)
+    if executor.local:  # the teacher handed in; every batch at once, `concurrency` calls at once
+        gate = asyncio.Semaphore(spec.concurrency)
+
+        async def here(batch: TeacherBatch) -> None:
+            labels = await _answer(teacher, batch, gate)
+            await keep(labels, batch)
+            report()
+
+        await executor.map(here, [batch_of(todo[i : i + 1]) for i in range(len(todo))])
+    else:
+        batches = [batch_of(todo[i : i + BATCH_ASKS]) for i in range(0, len(todo), BATCH_ASKS)]
+        for w in range(0, len(batches), WAVE_BATCHES):
+            wave = batches[w : w + WAVE_BATCHES]
+            for batch, labels in zip(wave, await executor.map(answer_batch, wave), strict=True):
+                await keep(labels, batch)
+            report()
     answers: list[CachedLabel] = []
 
-    async def one_sample(example: Example, index: int) -> CachedLabel:
-        sampling = label_sampling(spec, index)
-        key = _key(config_json, example, sampling, index)
-        cached = await asyncio.to_thread(store.cached_label, key)
-        if cached is not None:
-            stats["cached"] += 1
-            return cached
-        async with gate:
-            started = time.perf_counter()
-            completion = await teacher.complete(example.messages, sampling)
-            latency = (time.perf_counter() - started) * 1000
-        usage = completion.usage
-        label = CachedLabel(
-            answer=completion.text.strip(),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost_usd=(
-                usage.prompt_tokens * price.input_per_mtok
-                + usage.completion_tokens * price.output_per_mtok
-            )
-            / 1_000_000,
-            latency_ms=latency,
-        )
-        await asyncio.to_thread(store.cache_label, key, teacher_name, label)
-        stats["calls"] += 1
-        return label
-
-    async def one(example: Example) -> Example | None:
-        nonlocal done
-        samples = [await one_sample(example, i) for i in range(spec.samples)]
+    def one(example: Example) -> Example | None:
+        samples = [found[asks[(example.id, i)].key] for i in range(spec.samples)]
         answers.extend(samples)
-        latencies.extend(s.latency_ms for s in samples)
         votes = Counter(normalized(s.answer) for s in samples)
         winner, count = votes.most_common(1)[0]
-        done += 1
-        if progress:
-            progress(done, total)
         if count / len(samples) < spec.min_agreement or not winner:
             return None
         answer = next(s.answer for s in samples if normalized(s.answer) == winner)
@@ -141,12 +201,10 @@ async def label_examples(
             update={"label": answer, "metadata": {**example.metadata, "agreement": count}}
         )
 
-    if progress:
-        progress(0, total)
     labelled: dict[Split, list[Example]] = {}
     dropped = 0
     for split in SPLITS:
-        results = await asyncio.gather(*(one(ex) for ex in splits.get(split, [])))
+        results = [one(ex) for ex in splits.get(split, [])]
         kept = [ex for ex in results if ex is not None]
         if judge is not None and kept:
             kept = await _judged(kept, judge, spec)
@@ -164,9 +222,52 @@ async def label_examples(
         completion_tokens=sum(a.completion_tokens for a in answers),
         cost_usd=sum(a.cost_usd for a in answers),
         cost_per_1k_usd=sum(a.cost_usd for a in answers) / requests * 1000,
-        latency_p50_ms=statistics.median(latencies) if latencies else None,
+        latency_p50_ms=statistics.median(a.latency_ms for a in answers) if answers else None,
     )
     return labelled, result
+
+
+def _cache_all(store: DistillStore, teacher: str, pairs: list[tuple[Ask, CachedLabel]]) -> None:
+    for ask, label in pairs:
+        store.cache_label(ask.key, teacher, label)
+
+
+async def answer_batch(batch: TeacherBatch) -> list[CachedLabel]:
+    """A cluster task: build the teacher from its config, answer the batch, close it."""
+    catalog = ModelCatalog([batch.teacher], [])
+    try:
+        teacher = catalog.chat(batch.teacher.name)
+        return await _answer(teacher, batch, asyncio.Semaphore(batch.concurrency))
+    finally:
+        await catalog.aclose()
+
+
+async def _answer(
+    teacher: ChatModel, batch: TeacherBatch, gate: asyncio.Semaphore
+) -> list[CachedLabel]:
+    async def one(ask: Ask) -> CachedLabel:
+        async with gate:
+            started = time.perf_counter()
+            completion = await teacher.complete(ask.messages, ask.sampling)
+            latency = (time.perf_counter() - started) * 1000
+        return _label(completion, batch.price, latency)
+
+    return list(await asyncio.gather(*(one(ask) for ask in batch.asks)))
+
+
+def _label(completion: Completion, price: Price, latency_ms: float) -> CachedLabel:
+    usage = completion.usage
+    return CachedLabel(
+        answer=completion.text.strip(),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost_usd=(
+            usage.prompt_tokens * price.input_per_mtok
+            + usage.completion_tokens * price.output_per_mtok
+        )
+        / 1_000_000,
+        latency_ms=latency_ms,
+    )
 
 
 async def _judged(examples: Sequence[Example], judge: ChatModel, spec: LabelSpec) -> list[Example]:
