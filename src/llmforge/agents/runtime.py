@@ -56,6 +56,7 @@ from llmforge import audit
 from llmforge.agents import calculator, fetch, knowledge, memory, research, sandbox
 from llmforge.agents.checkpoints import open_checkpointer, prune_thread
 from llmforge.agents.events import (
+    FINISHED,
     AgentEvent,
     ApprovalNeededEvent,
     DoneEvent,
@@ -666,22 +667,33 @@ class AgentRuntime:
         return numbered
 
     async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[AgentEvent]:
-        """The run's events after `after`: those stored, then new ones as they come, until the
-        run stops or waits for approval."""
+        """The run's events after `after`: those stored, then new ones as they come. It ends with
+        the run's `done` event, or at the `approval_needed` the run is waiting on now; an approval
+        that was decided is passed by, so a finished run replays its whole history."""
         queue: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._followers.setdefault(run_id, set()).add(queue)
         try:
             await asyncio.to_thread(self.store.get, run_id)  # unknown run: 404
+            last: AgentEvent | None = None
+            stopped_polls = 0
             while True:
                 for event in await asyncio.to_thread(self.store.events, run_id, after):
-                    after = event.seq
+                    after, last = event.seq, event
                     yield event
-                    if event.type in ("done", "approval_needed") and await self._paused(run_id):
+                    if event.type == "done":
                         return
-                if await self._paused(run_id):
-                    for event in await asyncio.to_thread(self.store.events, run_id, after):
-                        yield event
-                    return
+                run = await asyncio.to_thread(self.store.get, run_id)
+                waiting = run.status == "waiting_approval"
+                if waiting and last is not None and last.type == "approval_needed":
+                    # paused at the last event, unless events came since the status was read
+                    if not await asyncio.to_thread(self.store.events, run_id, after):
+                        return
+                    continue
+                if run.status in FINISHED:
+                    # its `done` is stored right after the status; a run without one still ends
+                    stopped_polls += 1
+                    if stopped_polls > 2:
+                        return
                 with contextlib.suppress(TimeoutError):
                     # woken by this process's events; every second, the table (other processes)
                     await asyncio.wait_for(queue.get(), 1.0)
@@ -689,10 +701,6 @@ class AgentRuntime:
             self._followers[run_id].discard(queue)
             if not self._followers[run_id]:
                 self._followers.pop(run_id, None)
-
-    async def _paused(self, run_id: str) -> bool:
-        run = await asyncio.to_thread(self.store.get, run_id)
-        return run.status != "running"
 
 
 def _dead(owner: str | None) -> bool:
