@@ -85,7 +85,7 @@ def list_command(
     ctx: typer.Context, config: ConfigOption = None, as_json: JsonOption = False
 ) -> None:
     """The agents of the config (and the built-ins)."""
-    from llmforge.agents.runtime import BUILTIN_AGENTS
+    from llmforge.agents.runtime import BUILTIN_AGENTS, needs_approval
 
     settings = settings_for(ctx, config)
     agents = {a.name: a for a in BUILTIN_AGENTS} | {a.name: a for a in settings.agents.definitions}
@@ -95,7 +95,7 @@ def list_command(
             "graph": a.graph,
             "model": a.model or (settings.models[0].name if settings.models else ""),
             "tools": ", ".join(t if isinstance(t, str) else t.name for t in a.tools),
-            "approval": ", ".join(a.approval),
+            "approval": ", ".join(needs_approval(a, settings.agents.mcp_servers)),
         }
         for a in agents.values()
     ]

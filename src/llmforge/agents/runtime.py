@@ -76,7 +76,7 @@ from llmforge.agents.memory import MemoryStore
 from llmforge.agents.models import ModelClient
 from llmforge.agents.store import AgentRun, RunStore
 from llmforge.agents.tools import Tool, ToolEnv, agent_tools
-from llmforge.core.config import AgentConfig, AgentToolRef
+from llmforge.core.config import AgentConfig, AgentToolRef, MCPServerConfig
 from llmforge.core.db import open_engine, sortable_id
 from llmforge.core.errors import (
     ConfigError,
@@ -166,6 +166,24 @@ class AgentInfo:
     description: str | None
     tools: list[str]
     approval: list[str]
+    needs_approval: list[str]
+    """entries of `tools` whose calls wait for a person (the agent's `approval` list, a tool's
+    own `approval: required`, an MCP server's `approval: required`)"""
+
+
+def needs_approval(config: AgentConfig, servers: Sequence[MCPServerConfig]) -> list[str]:
+    """The entries of the agent's tool list whose calls need approval, as `_build` decides it
+    (a tool's `never` wins over the agent's list and its server's policy; `*` over everything)."""
+    asked = set(config.approval)
+    required = {f"mcp:{s.name}" for s in servers if s.approval == "required"}
+    refs = [AgentToolRef(name=t) if isinstance(t, str) else t for t in config.tools]
+    return [
+        ref.name
+        for ref in refs
+        if "*" in asked
+        or ref.approval == "required"
+        or (ref.approval != "never" and (ref.name in asked or ref.name in required))
+    ]
 
 
 class AgentRuntime:
@@ -230,6 +248,7 @@ class AgentRuntime:
                 description=c.description,
                 tools=[t if isinstance(t, str) else t.name for t in c.tools],
                 approval=sorted(c.approval),
+                needs_approval=needs_approval(c, self.settings.agents.mcp_servers),
             )
             for c in self._configs.values()
         ]
@@ -746,5 +765,6 @@ __all__ = [
     "AuditLogHook",
     "RunUsage",
     "describe",
+    "needs_approval",
     "no_audit",
 ]

@@ -1,6 +1,6 @@
 """The agents API: runs of the configured agents over HTTP, with an SSE stream of typed events.
 
-    GET  /v1/agents                                   the agents (name, graph, model, tools)
+    GET  /v1/agents                                   the agents (graph, model, tools, approvals)
     GET  /v1/agents/pending                           runs waiting for approval, every agent
     GET  /v1/agents/{name}                            one agent
     POST /v1/agents/{name}/runs                       start a run {input, thread_id, user, stream}

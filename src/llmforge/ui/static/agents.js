@@ -42,9 +42,10 @@
     const body = $("agents").tBodies[0];
     body.replaceChildren();
     for (const a of agents) {
-      const tools = a.tools.map((name) =>
-        F.el("span", { class: "badge" + (a.approval.includes(name) || a.approval.includes("*") ? " warn" : ""), title: a.approval.includes(name) ? t("agents.needsApproval") : null, text: name }),
-      );
+      const tools = a.tools.map((name) => {
+        const asks = a.needs_approval.includes(name);
+        return F.el("span", { class: "badge" + (asks ? " warn" : ""), title: asks ? t("agents.needsApproval") : null, "data-approval": asks ? "required" : null, text: name });
+      });
       const row = F.el(
         "tr",
         { class: "clickable" + (a.name === agent ? " selected" : ""), tabindex: "0", "data-testid": "agent", "data-name": a.name },
