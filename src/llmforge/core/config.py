@@ -433,6 +433,20 @@ class DriftConfig(Section):
     refusal_patterns: list[str] | None = Field(
         None, description="regular expressions marking a refusal (default: English + Chinese)"
     )
+    judge: str | None = Field(
+        None,
+        description="a chat model under `models:` that grades a sampled share of answers (the "
+        "evals `rubric` metric, 1-5 mapped onto 0-1); unset: no judge, no calls made",
+    )
+    judge_share: float = Field(
+        0.05, gt=0, le=1, description="share of answered calls the judge grades"
+    )
+    judge_min_samples: int = Field(
+        10, ge=3, description="graded answers in both windows before their scores are compared"
+    )
+    judge_threshold: float = Field(
+        0.15, gt=0, le=1, description="change of the mean judge score (0-1) that alarms (z >= 3)"
+    )
 
 
 class ObservabilityConfig(Section):
