@@ -3,9 +3,9 @@
 `DriftMonitor` is a batch observer of the `TraceRecorder` (`recorder.observe(monitor.observe)`):
 `observe` only turns each written chat or text call into a small `Sample` (its prompt's text, its
 answer's length, whether the answer is a refusal, whether the call failed) and queues it; a task of
-its own embeds the prompts in batches with the configured embedder and adds the samples to their
-model's windows. Nothing runs on the request path, and the queue is bounded (the oldest pending
-samples are dropped first, and counted).
+its own embeds the prompts in batches with the configured embedder, has the judge grade the sampled
+answers, and adds the samples to their model's windows. Nothing runs on the request path, and the
+queue is bounded (the oldest pending samples are dropped first, and counted).
 
 Per model the first `reference_size` samples are the **reference**, kept until `reset`; the last
 `window_size` are the **recent** window. Once both hold `min_samples`, four signals compare them:
@@ -19,15 +19,21 @@ Per model the first `reference_size` samples are the **reference**, kept until `
   the usual "significant shift").
 - `refusal_rate` and `error_rate`: recent minus reference rate. Alarm when the change is at least
   `rate_threshold` and a two-proportion z-test gives |z| >= 3 (small windows do not cry wolf).
+- `judge_score`, a fifth only when `judge` names a model: the judge grades a sampled share
+  (`judge_share`) of answered calls, each 0-1; the score is the recent minus the reference mean.
+  Alarm when the change is at least `judge_threshold`, both windows hold `judge_min_samples`
+  graded answers and a z-test of the two means gives |z| >= 3. The judge (an `AnswerJudge`; the
+  gateway's is the evals `rubric` metric) is called by the monitor's task, off the request path,
+  and not through the gateway: its calls are not traffic, so not traced, sampled or graded.
 
 `report()` returns every model's signals (also on the traces page); `DriftCollector` exposes them
 at `/metrics` as `llmforge_drift_score{model,signal}`, `llmforge_drift_alarm{model,signal}` and
 `llmforge_drift_calls{model,window}`. At start the windows are seeded from the traces table (each
-model's latest `reference_size + window_size` calls, oldest first), so a restart does not forget
-the traffic; the reference is then the older part of that history.
+model's latest `reference_size + window_size` calls, oldest first, the same share of them judged),
+so a restart does not forget the traffic; the reference is then the older part of that history.
 
-Deliberately not here: judging answers (a judge model's scores of a sampled share would be one
-more signal), persisting windows, and alerting (Prometheus / Grafana alert on the gauges).
+Deliberately not here: choosing or building the judge (the gateway hands one in), persisting
+windows, and alerting (Prometheus / Grafana alert on the gauges).
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,10 +74,11 @@ DEFAULT_REFUSALS = (
     r"(抱歉|对不起|很遗憾).{0,30}(无法|不能|不可以)",
     r"我(无法|不能)(帮助|提供|回答|协助|满足)",
 )
-SIGNALS = ("prompt_embedding", "answer_length", "refusal_rate", "error_rate")
+SIGNALS = ("prompt_embedding", "answer_length", "refusal_rate", "error_rate", "judge_score")
 MAX_PENDING = 10_000
 EMBED_BATCH = 32
 PROMPT_CHARS = 2000
+ANSWER_CHARS = 4000
 Z_ALARM = 3.0
 
 
@@ -83,6 +91,16 @@ class Sample:
     answer_tokens: int
     refused: bool
     error: bool
+    judged_answer: str | None = None
+    """the answer, when this call is in the share the judge grades"""
+
+
+class AnswerJudge(Protocol):
+    """Grades one answer to its prompt (the gateway wires in a judge model)."""
+
+    async def score(self, prompt: str, answer: str) -> float | None:
+        """The answer's grade in [0, 1], or None when the judge gave no verdict."""
+        ...
 
 
 class DriftSignal(BaseModel):
@@ -121,15 +139,18 @@ class _Window:
     lengths: deque[int]
     refused: deque[bool]
     errors: deque[bool]
+    scores: deque[float]
 
     @classmethod
     def of(cls, size: int | None) -> _Window:
-        return cls(deque(maxlen=size), deque(maxlen=size), deque(maxlen=size), deque(maxlen=size))
+        return cls(*(deque(maxlen=size) for _ in range(5)))
 
-    def add(self, sample: Sample, vector: np.ndarray | None) -> None:
+    def add(self, sample: Sample, vector: np.ndarray | None, score: float | None) -> None:
         self.errors.append(sample.error)
         if vector is not None:
             self.vectors.append(vector)
+        if score is not None:
+            self.scores.append(score)
         if not sample.error:  # a failed call has no answer to measure
             self.lengths.append(sample.answer_tokens)
             self.refused.append(sample.refused)
@@ -146,11 +167,11 @@ class _ModelState:
     version: int = 0
     cached: ModelDrift | None = field(default=None, repr=False)
 
-    def add(self, sample: Sample, vector: np.ndarray | None) -> None:
+    def add(self, sample: Sample, vector: np.ndarray | None, score: float | None) -> None:
         if len(self.reference) < self.reference_size:
-            self.reference.add(sample, vector)
+            self.reference.add(sample, vector, score)
         else:
-            self.recent.add(sample, vector)
+            self.recent.add(sample, vector, score)
         self.version += 1
         self.cached = None
 
@@ -164,10 +185,14 @@ class DriftMonitor:
         embedder: Embedder | None = None,
         engine: Engine | None = None,
         embedding_name: str | None = None,
+        judge: AnswerJudge | None = None,
     ) -> None:
         self.config = config
         self.embedding_name = embedding_name
         self._embedder = embedder
+        self._grader = judge
+        self._sampler = random.Random()
+        self._judge_failed = False
         self._engine = engine
         patterns = config.refusal_patterns or list(DEFAULT_REFUSALS)
         try:
@@ -189,9 +214,14 @@ class DriftMonitor:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, embedders: EmbedderLookup, engine: Engine
+        cls,
+        settings: Settings,
+        embedders: EmbedderLookup,
+        engine: Engine,
+        judges: Callable[[str], AnswerJudge] | None = None,
     ) -> DriftMonitor | None:
-        """The monitor the settings ask for, or None when drift is off."""
+        """The monitor the settings ask for, or None when drift is off. `judges` builds the
+        judge of a chat model's name (needed when `judge` is configured)."""
         config = settings.observability.drift
         if not config.enabled:
             return None
@@ -203,7 +233,21 @@ class DriftMonitor:
                 f"{', '.join(names) or '(none)'}"
             )
         embedder = embedders.embedder(name) if name is not None else None
-        return cls(config, embedder, engine, name)
+        judge = None
+        if config.judge is not None:
+            chat = [m.name for m in settings.models]
+            if config.judge not in chat:
+                raise ConfigError(
+                    f"observability.drift.judge: '{config.judge}' is not under `models:`; "
+                    f"known: {', '.join(chat) or '(none)'}"
+                )
+            if judges is None:
+                raise ConfigError(
+                    "observability.drift.judge is set but nothing builds judges here; start the "
+                    "monitor from the gateway (create_app) or unset it"
+                )
+            judge = judges(config.judge)
+        return cls(config, embedder, engine, name, judge)
 
     # -- feeding ----------------------------------------------------------------------------
 
@@ -222,12 +266,20 @@ class DriftMonitor:
             return None
         answer = trace.output or ""
         tokens = trace.completion_tokens or math.ceil(len(answer) / 4)
+        error = trace.status == "error"
+        graded = (
+            self._grader is not None
+            and not error
+            and bool(answer.strip())
+            and self._sampler.random() < self.config.judge_share
+        )
         return Sample(
             model=trace.model,
             prompt=prompt_text(trace.kind, trace.request)[:PROMPT_CHARS],
             answer_tokens=tokens,
             refused=bool(answer) and self._refusal.search(answer[:400]) is not None,
-            error=trace.status == "error",
+            error=error,
+            judged_answer=answer[:ANSWER_CHARS] if graded else None,
         )
 
     def _queue(self, sample: Sample) -> None:
@@ -274,9 +326,12 @@ class DriftMonitor:
                 await self._wake.wait()
                 continue
             batch = [self._pending.popleft() for _ in range(min(EMBED_BATCH, len(self._pending)))]
-            vectors = await self._embed([s.prompt for s in batch])
-            for sample, vector in zip(batch, vectors, strict=True):
-                self._state(sample.model).add(sample, vector)
+            vectors, scores = await asyncio.gather(
+                self._embed([s.prompt for s in batch]),
+                asyncio.gather(*(self._grade(s) for s in batch)),
+            )
+            for sample, vector, score in zip(batch, vectors, scores, strict=True):
+                self._state(sample.model).add(sample, vector, score)
 
     async def _embed(self, texts: list[str]) -> list[np.ndarray | None]:
         if self._embedder is None:
@@ -295,6 +350,20 @@ class DriftMonitor:
             norm = float(np.linalg.norm(v))
             out.append(v / norm if norm > 0 else None)
         return out
+
+    async def _grade(self, sample: Sample) -> float | None:
+        if self._grader is None or sample.judged_answer is None:
+            return None
+        try:
+            score = await self._grader.score(sample.prompt, sample.judged_answer)
+        except Exception as e:  # a judge's failure costs its grade, never the monitor
+            if not self._judge_failed:
+                reason = e.message if isinstance(e, LLMForgeError) else f"{type(e).__name__}: {e}"
+                log.warning("drift: the judge failed (%s); answers go ungraded", reason)
+            self._judge_failed = True
+            return None
+        self._judge_failed = False
+        return None if score is None else min(max(float(score), 0.0), 1.0)
 
     def _seed_samples(self, engine: Engine) -> list[Sample]:
         keep = self.config.reference_size + self.config.window_size
@@ -357,6 +426,8 @@ class DriftMonitor:
             _rate_signal("refusal_rate", ref.refused, rec.refused, cfg, ready),
             _rate_signal("error_rate", ref.errors, rec.errors, cfg, ready),
         ]
+        if self._grader is not None:
+            signals.append(self._judge_signal(ref, rec, ready))
         return ModelDrift(
             model=model,
             reference_calls=len(ref),
@@ -392,6 +463,25 @@ class DriftMonitor:
             signal.score = round(psi(list(ref.lengths), list(rec.lengths)), 4)
             signal.alarm = signal.score >= threshold
             signal.detail = "mean answer tokens; score: population stability index"
+        return signal
+
+    def _judge_signal(self, ref: _Window, rec: _Window, ready: bool) -> DriftSignal:
+        cfg = self.config
+        signal = DriftSignal(name="judge_score", threshold=cfg.judge_threshold)
+        if ref.scores:
+            signal.reference = round(float(np.mean(ref.scores)), 4)
+        if rec.scores:
+            signal.recent = round(float(np.mean(rec.scores)), 4)
+        graded = f"mean judge score of {len(ref.scores)} vs {len(rec.scores)} graded answers"
+        n = cfg.judge_min_samples
+        if not ready or len(ref.scores) < n or len(rec.scores) < n:
+            signal.detail = graded
+            return signal
+        change = float(np.mean(rec.scores) - np.mean(ref.scores))
+        z = mean_difference_z(list(ref.scores), list(rec.scores))
+        signal.score = round(change, 4)
+        signal.alarm = abs(change) >= cfg.judge_threshold and abs(z) >= Z_ALARM
+        signal.detail = f"{graded}; z = {z:.2f}"
         return signal
 
 
@@ -451,6 +541,19 @@ def two_proportion_z(x1: int, n1: int, x2: int, n2: int) -> float:
     return (x2 / n2 - x1 / n1) / se
 
 
+def mean_difference_z(reference: Sequence[float], recent: Sequence[float]) -> float:
+    """Welch's z of recent's mean minus reference's (unequal variances); infinite when neither
+    varies and the means differ."""
+    diff = float(np.mean(recent) - np.mean(reference))
+    se = math.sqrt(
+        float(np.var(reference, ddof=1)) / len(reference)
+        + float(np.var(recent, ddof=1)) / len(recent)
+    )
+    if se == 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / se
+
+
 class EmbedderLookup(Protocol):
     """What `from_settings` needs of the model catalog."""
 
@@ -475,7 +578,8 @@ class DriftCollector(Collector):
             "llmforge_drift_score",
             "Drift of recent traffic from the reference window, by model and signal "
             "(prompt_embedding: centroid shift in reference spreads; answer_length: PSI; "
-            "refusal_rate, error_rate: recent minus reference rate).",
+            "refusal_rate, error_rate: recent minus reference rate; judge_score: recent minus "
+            "reference mean judge score).",
             labels=["model", "signal"],
         )
         alarm = GaugeMetricFamily(

@@ -17,8 +17,9 @@ rest of the API.
 
 `install_observability(ctx)` wires what `observability:` asks for to the trace recorder: the
 OpenTelemetry exporter (traces/otel.py) and the drift monitor (traces/drift.py), both batch
-observers off the request path, closed with the app. The routes only translate HTTP to
-`llmforge.traces` calls.
+observers off the request path, closed with the app; drift's judge, when `judge` names a model,
+is the evals `rubric` metric on that model, called directly (`RubricJudge`). The routes only
+translate HTTP to `llmforge.traces` calls.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmforge.core.errors import NotFoundError, PermissionDeniedError
+from llmforge.evals.base import MetricOptions, Output
+from llmforge.evals.dataset import Case
+from llmforge.evals.judge import RubricMetric
 from llmforge.gateway.call import Caller
 from llmforge.gateway.context import AppContext, Authenticated, Ctx, api_router, authenticate
 from llmforge.gateway.replies import json_response
+from llmforge.models.base import ChatModel
 from llmforge.traces.drift import DriftCollector, DriftMonitor
 from llmforge.traces.otel import OtelExporter
 from llmforge.traces.query import (
@@ -62,11 +67,24 @@ def install_observability(ctx: AppContext) -> None:
     if exporter is not None:
         ctx.recorder.observe(exporter.observe)
         ctx.shared(OTEL, lambda: exporter)
-    monitor = DriftMonitor.from_settings(ctx.settings, ctx.catalog, ctx.engine)
+    monitor = DriftMonitor.from_settings(
+        ctx.settings, ctx.catalog, ctx.engine, lambda name: RubricJudge(ctx.catalog.chat(name))
+    )
     if monitor is not None:
         ctx.recorder.observe(monitor.observe)
         ctx.metrics.registry.register(DriftCollector(monitor))
         ctx.shared(DRIFT, lambda: monitor)
+
+
+class RubricJudge:
+    """Drift's `AnswerJudge`: the evals `rubric` metric (its default criteria: correct and
+    complete) with the judge model called directly, so its calls are not gateway traffic."""
+
+    def __init__(self, model: ChatModel) -> None:
+        self.metric = RubricMetric(MetricOptions(judge=model, judge_attempts=2))
+
+    async def score(self, prompt: str, answer: str) -> float | None:
+        return (await self.metric.score(Case(input=prompt or " "), Output(text=answer))).value
 
 
 def _drift(ctx: AppContext) -> DriftMonitor | None:

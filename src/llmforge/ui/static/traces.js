@@ -253,6 +253,13 @@
     return (v) => (v === null || v === undefined ? "–" : Number(v).toFixed(2));
   }
 
+  /* A signal's name in the page's language (a signal without a translation: its own name). */
+  function signalLabel(name) {
+    const key = `traces.signal.${name}`;
+    const plain = name.replace(/_/g, " ");
+    return t(key) === key ? plain[0].toUpperCase() + plain.slice(1) : t(key);
+  }
+
   async function loadDrift() {
     const out = $("drift-body");
     let d;
@@ -296,7 +303,7 @@
           F.el(
             "div",
             { class: "drift-signal" + (s.alarm ? " alarm" : ""), "data-signal": s.name, title: s.detail },
-            F.el("span", { text: t(`traces.signal.${s.name}`) }),
+            F.el("span", { text: signalLabel(s.name) }),
             F.el("span", { class: "drift-score", text: s.score === null ? "–" : Number(s.score).toFixed(3) }),
             F.el("span", { class: "muted small", text: [compare, t("traces.threshold", { threshold: s.threshold })].filter(Boolean).join(" · ") }),
           ),
