@@ -32,8 +32,32 @@ PAGES = {
     "traces": "/traces",
     "evals": "/evals",
     "keys": "/keys",
+    "distill": "/distill",
+    "agents": "/agents",
+    "review": "/review",
+    "audit": "/audit",
 }
-HEADINGS = {"kb": "Knowledge bases", "traces": "Traces", "evals": "Evaluations", "keys": "Keys"}
+HEADINGS = {
+    "kb": "Knowledge bases",
+    "traces": "Traces",
+    "evals": "Evaluations",
+    "keys": "Keys",
+    "distill": "Distillation",
+    "agents": "Agents",
+    "review": "Review queue",
+    "audit": "Audit log",
+}
+CONTENT = {  # what each page shows once it read its data through the key
+    "chat": "#model-select option",
+    "kb": "[data-testid=document]",
+    "traces": "[data-testid=call]",
+    "evals": "[data-testid=run]",
+    "keys": "[data-testid=key]",
+    "distill": "#no-routes:visible",  # no routes on this server: the note shown after reading
+    "agents": "[data-testid=agent][data-name=assistant]",
+    "review": "#no-items:visible",
+    "audit": "[data-testid=entry]",
+}
 NO_SIDEWAYS_SCROLL = """() => [document.documentElement, document.body,
     ...document.querySelectorAll('.page, .page-body, .panel, .chat, .messages')]
     .filter(e => e.clientWidth > 0)
@@ -59,14 +83,7 @@ def test_every_page_works_with_keys_on_and_fits_the_screen(
     expect(page.locator(f".rail-link[data-page={name}]")).to_have_attribute("aria-current", "page")
     if name in HEADINGS:
         expect(page.locator("h1")).to_contain_text(HEADINGS[name])
-    content = {
-        "chat": "#model-select option",
-        "kb": "[data-testid=document]",
-        "traces": "[data-testid=call]",
-        "evals": "[data-testid=run]",
-        "keys": "[data-testid=key]",
-    }[name]
-    expect(page.locator(content).first).to_be_attached()  # data read through the key
+    expect(page.locator(CONTENT[name]).first).to_be_attached()  # data read through the key
     fits(page)
     if name == "chat" and viewport == PHONE:  # the conversations slide in over the chat
         expect(page.locator("#toggle-sidebar")).to_be_visible()
@@ -76,7 +93,7 @@ def test_every_page_works_with_keys_on_and_fits_the_screen(
 
 def test_without_a_key_every_page_asks_for_one(new_page: PageFactory, keyed_server: Server) -> None:
     page = new_page(keyed_server)
-    for name in ("chat", "kb", "traces", "evals", "keys"):
+    for name in PAGES:
         open_page(page, keyed_server, PAGES[name])
         expect(page.locator("#error")).to_contain_text("Set your API key")
 
