@@ -521,10 +521,30 @@ class GuardSpec(Section):
         None, description="injection: a head file from `llmforge guard train` (default: built-in)"
     )
     rules: bool = Field(True, description="injection: the rules stage runs before the classifier")
+    second_stage: str | None = Field(
+        None,
+        description="injection: a chat model under `models:` (e.g. a student made with `llmforge "
+        "distill` from labelled prompts) that decides the texts the head is unsure of; it answers "
+        "`injection` or `benign`",
+    )
+    second_stage_band: tuple[float, float] | None = Field(
+        None,
+        description="injection: head scores [low, high) that go to `second_stage` (below: allow, "
+        "at or above high: hit); default: the band stored in the head",
+    )
     keywords: list[str] = Field(default_factory=list, description="keywords: words that hit")
     refusal: str = Field(
         "I can't help with that request.", description="the answer given instead (refuse/output)"
     )
+
+    @model_validator(mode="after")
+    def _band_in_order(self) -> GuardSpec:
+        band = self.second_stage_band
+        if band is not None and not 0 <= band[0] < band[1] <= 1:
+            raise ValueError(
+                f"second_stage_band {list(band)} must be [low, high] with 0 <= low < high <= 1"
+            )
+        return self
 
 
 class GuardPolicy(Section):

@@ -49,6 +49,11 @@ class HeadFile(BaseModel):
     version: int = 1
     recipe: Recipe
     threshold: float
+    band: tuple[float, float] | None = Field(
+        None,
+        description="scores [low, high) a second stage decides, when one is configured "
+        "(from the recipe's cross-validated scores; train.py)",
+    )
     intercept: float
     embedding_weights: list[float]
     ngrams: dict[str, tuple[float, float]] = Field(description="n-gram -> (idf, weight)")
@@ -78,6 +83,7 @@ class InjectionHead:
         self.file = head
         self.digest = digest
         self.threshold = head.threshold
+        self.band = head.band
         self.dimensions = len(head.embedding_weights)
         self._emb = np.asarray(head.embedding_weights, dtype=np.float32)
         self._ngrams = head.ngrams

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmforge.core.errors import InvalidRequestError
 from llmforge.guard.head import NGRAMS, HeadFile, Recipe
+from llmforge.guard.injection import rule_hit
 from llmforge.models.base import Embedder
 
 HOLDOUT_SOURCES = (
@@ -109,6 +110,7 @@ class Options:
     min_df: int = 2
     folds: int = 5
     max_benign_fpr: float = 0.02  # threshold: at most this share of training benign rows flagged
+    band_tpr: float = 0.95  # second-stage band: its low end keeps this share of injections above
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -118,6 +120,7 @@ class Options:
             "min_df": self.min_df,
             "folds": self.folds,
             "max_benign_fpr": self.max_benign_fpr,
+            "band_tpr": self.band_tpr,
         }
 
 
@@ -131,7 +134,16 @@ def fit_head(
     y = np.asarray(data.labels)
     weights = np.where(np.asarray(data.primary), options.primary_weight, 1.0)
     scores = _cross_validated(data.texts, embeddings, y, weights, options)
-    threshold, cv = _threshold(scores, y, np.asarray(data.primary), options.max_benign_fpr)
+    primary = np.asarray(data.primary)
+    threshold, cv = _threshold(scores, y, primary, options.max_benign_fpr)
+    band = _band(
+        scores,
+        y,
+        primary,
+        np.asarray([rule_hit(t) is not None for t in data.texts]),
+        threshold,
+        options.band_tpr,
+    )
     vectorizer, model = _fit(data.texts, embeddings, y, weights, options)
     vocabulary: dict[str, int] = vectorizer.vocabulary_
     coef = model.coef_[0]
@@ -151,6 +163,7 @@ def fit_head(
             rows=len(data.texts),
         ),
         threshold=round(threshold, 5),
+        band=band,
         intercept=float(model.intercept_[0]),
         embedding_weights=[round(float(w), 6) for w in coef[-dims:]],
         ngrams=ngrams,
@@ -197,6 +210,26 @@ def _cross_validated(
         vectorizer, model = _fit(list(array[train]), emb[train], y[train], w[train], options)
         scores[test] = _predict(vectorizer, model, list(array[test]), emb[test])
     return scores
+
+
+def _band(
+    scores: np.ndarray,
+    y: np.ndarray,
+    primary: np.ndarray,
+    ruled: np.ndarray,
+    threshold: float,
+    tpr: float,
+) -> tuple[float, float]:
+    """The scores a second stage should decide: from the lowest that still keeps `tpr` of the
+    primary file's injections the rules miss at or above it, up to just above the highest
+    primary benign row (above it the head was never wrong on a benign training row)."""
+    attacks = np.sort(scores[primary & y & ~ruled])
+    low = float(attacks[int((1 - tpr) * len(attacks))]) if len(attacks) else threshold
+    benign = scores[primary & ~y]
+    high = float(benign.max()) + 0.005 if len(benign) else threshold
+    low = min(low, threshold)
+    high = min(max(high, threshold + 0.01), 0.995)
+    return round(low, 5), round(high, 5)
 
 
 def _threshold(
