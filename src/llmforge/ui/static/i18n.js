@@ -215,6 +215,7 @@
     "traces.signal.answer_length": "Answer length (PSI)",
     "traces.signal.refusal_rate": "Refusal rate",
     "traces.signal.error_rate": "Error rate",
+    "traces.signal.judge_score": "Judge score",
     "traces.threshold": "alarm at {threshold}",
     "traces.refVsRecent": "reference {reference} → recent {recent}",
 
@@ -698,6 +699,7 @@
     "traces.signal.answer_length": "回答长度（PSI）",
     "traces.signal.refusal_rate": "拒答率",
     "traces.signal.error_rate": "错误率",
+    "traces.signal.judge_score": "评审分数",
     "traces.threshold": "告警阈值 {threshold}",
     "traces.refVsRecent": "参考 {reference} → 最近 {recent}",
 
