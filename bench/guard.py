@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from llmforge.core.config import GuardSpec
+from llmforge.core.config import GuardSpec, ModelConfig
 from llmforge.guard import GuardContext
 from llmforge.guard.head import InjectionHead
 from llmforge.guard.injection import InjectionGuard, builtin_embedder, rule_hit
@@ -54,6 +54,8 @@ from llmforge.guard.train import (
     load_training,
     read_labelled,
 )
+from llmforge.models import ModelCatalog
+from llmforge.models.base import ChatModel, Embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -247,6 +249,31 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(evaluate, "guard (rules + head)", guard_flags, dev, held,
                                 guard_check)
     )  # fmt: skip
+    escalated: dict[str, float] = {}
+    if args.second_stage is not None:
+        cascade, student = second_stage(args, head, embedder)
+        decided: dict[str, str] = {}
+
+        def cascade_flags(texts: Sequence[str], _: np.ndarray) -> np.ndarray:
+            flags = []
+            for text in texts:
+                verdict = asyncio.run_coroutine_threadsafe(cascade.check(text, "input"), loop)
+                v = verdict.result()
+                decided[text] = v.stage
+                flags.append(v.action != "allow")
+            return np.array(flags)
+
+        def cascade_check(text: str) -> object:
+            return asyncio.run_coroutine_threadsafe(cascade.check(text, "input"), loop).result()
+
+        name = f"guard + second stage ({args.second_stage.name})"
+        results.append(
+            await asyncio.to_thread(evaluate, name, cascade_flags, dev, held, cascade_check)
+        )
+        for label, texts in (("dev", dev.texts), ("held benign", held.texts)):
+            asked = [decided.get(t) == "second_stage" for t in texts]
+            escalated[label] = sum(asked) / len(asked)
+        await student.aclose()
     await embedder.aclose()
     return {
         "dev": {"rows": len(dev.texts), "injections": int(dev.labels.sum())},
@@ -258,8 +285,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "training_rows": len(training.texts),
         "head": origin,
         "threshold": head.threshold,
+        "band": head.band,
+        "escalated": escalated,
         "results": [r.__dict__ for r in results],
     }
+
+
+def second_stage(
+    args: argparse.Namespace, head: InjectionHead, embedder: Embedder
+) -> tuple[InjectionGuard, ChatModel]:
+    """The guard with a GGUF student as its second stage, over the same head and encoder."""
+    config = ModelConfig(
+        name="student", provider="llamacpp", path=str(args.second_stage), threads=args.threads
+    )
+    student = ModelCatalog([config], []).chat("student")
+    spec = GuardSpec(name="injection", type="injection", embedding="e", second_stage="student")
+    context = GuardContext(embedder=lambda _: embedder, chat=lambda _: student)
+    cascade = InjectionGuard(spec, context)
+    cascade.head, cascade.threshold = head, head.threshold
+    if head.band is not None:
+        cascade.band = head.band
+    return cascade, student
 
 
 def show(report: dict[str, Any]) -> None:
@@ -271,6 +317,9 @@ def show(report: dict[str, Any]) -> None:
     print(f"guard: {report['head']}, threshold {report['threshold']}")
     head = f"{'method':34} {'acc':>6} {'TPR':>6} {'FPR':>6} {'held FPR':>9} {'held TPR':>9} "
     print(head + f"{'p50 ms':>7} {'p95 ms':>7}")
+    if report["escalated"]:
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in report["escalated"].items())
+        print(f"second stage band {report['band']}: asked about {shares}")
     for r in report["results"]:
         print(
             f"{r['name']:34} {r['accuracy']:6.3f} {r['tpr']:6.3f} {r['fpr']:6.3f} "
@@ -284,6 +333,14 @@ if __name__ == "__main__":
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--onnx-dir", type=Path, default=Path(".llmforge/onnx"))
     parser.add_argument("--retrain", action="store_true", help="fit the guard's head in this run")
+    parser.add_argument(
+        "--second-stage",
+        type=Path,
+        default=None,
+        help="a GGUF student (made with `llmforge distill` on labelled prompts, prompted with "
+        "the guard's STUDENT_PROMPT) that decides the texts inside the head's band",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads of the student")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (args.datasets / "prompt-injection-deepset").is_dir():
