@@ -323,9 +323,12 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         order = SIDES if rnd % 2 == 0 else SIDES[::-1]
         for side in order:
             status = console.status(f"round {rnd + 1}/{args.rounds}: {side}")
+            started = time.perf_counter()
             with status, starts[side](args) as (base, pid):
                 runs[side].append(asyncio.run(measure_side(side, base, rnd, args)))
                 load.add(tree_cpu(pid))  # the server and its engine, before they stop
+            took = time.perf_counter() - started
+            print(f"round {rnd + 1}/{args.rounds}: {side} {took:.0f} s", file=sys.stderr)
     summary = {side: summarize(runs[side]) for side in SIDES}
     ours, theirs = summary["llmforge"], summary["llamaserver"]
 
