@@ -59,6 +59,26 @@ class RagOptions(Section):
     system_prompt: str | None = Field(None, description="replaces the built-in instructions")
 
 
+class VllmOptions(Section):
+    """Provider `vllm` with a local `path`: how LLMForge starts vLLM on it."""
+
+    binary: str | None = Field(
+        None, description="the `vllm` executable (default: `vllm` on PATH or beside Python)"
+    )
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="GPUs one replica is split over (vLLM's default: 1)"
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of each GPU's memory vLLM may take (its default: 0.9)"
+    )
+    args: list[str] = Field(
+        default_factory=list, description="more `vllm serve` arguments, passed as written"
+    )
+    start_timeout_s: float = Field(
+        600.0, gt=0, description="how long loading the weights may take before the start fails"
+    )
+
+
 class ModelConfig(Section):
     """One chat model clients can name. Which keys matter depends on the provider (see docs)."""
 
@@ -103,6 +123,9 @@ class ModelConfig(Section):
     kb: str | None = Field(None, description="provider rag: the knowledge base searched")
     model: str | None = Field(None, description="provider rag: the chat model that answers")
     rag: RagOptions = Field(default_factory=RagOptions, description="provider rag: options")
+    vllm: VllmOptions = Field(
+        default_factory=VllmOptions, description="provider vllm with a local path: options"
+    )
     fallbacks: list[str] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list, description="replicas")
     retries: int | None = Field(None, ge=0, description="retries per deployment (router default)")
