@@ -116,7 +116,10 @@ def test_the_model_answers_through_the_gateway_whole_and_streamed(gateway: str) 
     text = "".join(c[0]["delta"].get("content") or "" for c in pieces if c)
     assert text == "hello from the gateway"
 
-    args = _cmdline(_engine_pid())
+    engine = _engine_pid()
+    environ = _read(Path(f"/proc/{engine}/environ")).split("\x00")
+    assert "HF_HUB_OFFLINE=1" in environ  # vLLM never downloads
+    args = _cmdline(engine)
     assert args[1] == "serve" and Path(args[2]).name == "tiny-model", args
     for flag, value in [
         ("--host", "127.0.0.1"),
