@@ -1,9 +1,10 @@
 """Model backends behind two small protocols, `ChatModel` and `Embedder`, and the catalog of
 configured ones.
 
-Backends (registered through entry points, exactly as a plugin would): `llamacpp` (GGUF in-process),
-`openai` (any OpenAI-compatible server), `fake` (scripted); embedders `sentence-transformers`,
-`openai`, `fake`.
+Backends (registered through entry points, exactly as a plugin would): `llamacpp` (a GGUF, through
+a managed llama-server or in-process), `openai` (any OpenAI-compatible server), `vllm` (a managed
+`vllm serve` of a local folder, or a remote one), `anthropic`, `fake` (scripted); embedders
+`sentence-transformers`, `openai`, `fake`.
 """
 
 from llmforge.models.base import (

@@ -500,7 +500,8 @@ def error_message(body: Any) -> str:
 
 def create(config: ModelConfig, context: ModelContext | None = None) -> OpenAICompatChatModel:
     """The factory of `openai` and of every OpenAI-compatible vendor profile (`deepseek`, `qwen`,
-    `vllm`, `llama-server`, `ollama`): the same client, the provider's defaults filled in."""
+    `llama-server`, `ollama`; `vllm` with a `base_url`): the same client, the provider's defaults
+    filled in."""
     return OpenAICompatChatModel(fill(config))
 
 
