@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from llmforge.models import llama_server as llama_server_module
 from llmforge.models.llama_served import ServedLlamaChatModel
 from llmforge.models.llamacpp import LlamaCppChatModel, create
 from tests.fakes.server import serve
+from tests.models.processes import assert_engine_dies_with_its_parent, gone
 
 
 def _require_binary() -> None:
@@ -238,7 +237,7 @@ async def test_a_killed_engine_is_restarted_and_its_call_fails_cleanly(
     answer = await model.complete(ASKS[0], GREEDY)  # waits for the restarted process
     assert answer.text
     assert model.server.pid not in (None, pid)
-    assert _gone(pid)
+    assert gone(pid)
 
 
 async def test_shutdown_leaves_no_process() -> None:
@@ -247,9 +246,9 @@ async def test_shutdown_leaves_no_process() -> None:
     assert isinstance(m, ServedLlamaChatModel)
     await m.load()
     pid = m.server.pid
-    assert pid is not None and not _gone(pid)
+    assert pid is not None and not gone(pid)
     await m.aclose()
-    assert _gone(pid)
+    assert gone(pid)
 
 
 def test_a_killed_llmforge_leaves_no_engine_behind(tmp_path: Path) -> None:
@@ -266,22 +265,7 @@ def test_a_killed_llmforge_leaves_no_engine_behind(tmp_path: Path) -> None:
         "    await asyncio.sleep(600)\n"
         "asyncio.run(main())\n"
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path.cwd(), text=True
-    )
-    try:
-        assert parent.stdout is not None
-        engine = int(parent.stdout.readline())
-        assert not _gone(engine)
-        parent.kill()  # SIGKILL: no atexit, no aclose
-        parent.wait()
-        deadline = time.monotonic() + 10
-        while not _gone(engine) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(engine), f"llama-server {engine} outlived the LLMForge that started it"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+    assert_engine_dies_with_its_parent(script, what="llama-server", cwd=Path.cwd())
 
 
 def test_without_the_binary_the_model_runs_in_process_and_says_so(
@@ -357,16 +341,7 @@ def _engine_pid() -> int:
     engines = [
         p
         for p in children
-        if not _gone(p) and "--ctx-size\x003072\x00" in Path(f"/proc/{p}/cmdline").read_text()
+        if not gone(p) and "--ctx-size\x003072\x00" in Path(f"/proc/{p}/cmdline").read_text()
     ]
     assert len(engines) == 1, engines
     return engines[0]
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie not yet reaped counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status

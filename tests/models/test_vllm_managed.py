@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from llmforge.models import vllm as vllm_module
 from llmforge.models.openai_compat import OpenAICompatChatModel
 from llmforge.models.vllm import ManagedVllmChatModel, create
 from tests.fakes.server import serve
+from tests.models.processes import assert_engine_dies_with_its_parent, gone, group_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_MODEL_ENV = "LLMFORGE_TEST_VLLM_MODEL"
@@ -139,7 +139,7 @@ def test_a_killed_vllm_is_restarted_and_the_next_call_succeeds(gateway: str) -> 
     after = _chat(gateway)
     assert after.status_code == 200, after.text
     assert after.json()["choices"][0]["message"]["content"] == "hello from the gateway"
-    assert _engine_pid() != engine and _gone(engine)
+    assert _engine_pid() != engine and gone(engine)
 
 
 def test_gateway_shutdown_leaves_no_vllm_process(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_gateway_shutdown_leaves_no_vllm_process(tmp_path: Path) -> None:
         ask = {"model": "short-lived", "messages": [{"role": "user", "content": "hi"}]}
         assert httpx.post(base + "/v1/chat/completions", json=ask, timeout=60).status_code == 200
         engine = _engine_pid("short-lived")
-    assert _group_gone(engine), f"vLLM {engine} (or its children) outlived the gateway"
+    assert group_gone(engine), f"vLLM {engine} (or its children) outlived the gateway"
 
 
 async def test_a_closed_model_leaves_no_process_and_answers_text_too(tmp_path: Path) -> None:
@@ -163,13 +163,13 @@ async def test_a_closed_model_leaves_no_process_and_answers_text_too(tmp_path: P
     assert isinstance(model, ManagedVllmChatModel)
     await model.load()
     pid = model.process.pid
-    assert pid is not None and not _gone(pid)
+    assert pid is not None and not gone(pid)
     streamed = await collect(model.stream(HELLO, Sampling(max_tokens=2)))
     assert streamed.text == "hello from" and streamed.finish_reason == "length"
     raw = await collect(model.stream_text("continue this", Sampling()))
     assert raw.text
     await model.aclose()
-    assert _group_gone(pid)
+    assert group_gone(pid)
 
 
 def test_a_killed_llmforge_leaves_no_vllm_behind(tmp_path: Path) -> None:
@@ -185,25 +185,7 @@ def test_a_killed_llmforge_leaves_no_vllm_behind(tmp_path: Path) -> None:
         "    await asyncio.sleep(600)\n"
         "asyncio.run(main())\n"
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script, config.model_dump_json()],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
-    )
-    try:
-        assert parent.stdout is not None
-        engine = int(parent.stdout.readline())
-        assert not _gone(engine)
-        parent.kill()  # SIGKILL: no atexit, no aclose
-        parent.wait()
-        deadline = time.monotonic() + 10
-        while not _gone(engine) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(engine), f"vLLM {engine} outlived the LLMForge that started it"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+    assert_engine_dies_with_its_parent(script, config.model_dump_json(), what="vLLM", cwd=ROOT)
 
 
 def test_a_path_that_is_not_a_local_folder_is_refused_saying_how_to_fix_it(
@@ -292,7 +274,7 @@ async def test_a_real_vllm_on_a_small_local_model_answers_and_leaves_nothing_beh
         assert whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
     finally:
         await model.aclose()
-    assert _group_gone(pid)
+    assert group_gone(pid)
 
 
 def _engine_pid(name: str = "gpu-chat") -> int:
@@ -307,7 +289,7 @@ def _engine_pid(name: str = "gpu-chat") -> int:
         engines = [
             p
             for p in children
-            if not _gone(p) and f"--served-model-name\x00{name}\x00" in _raw_cmdline(p)
+            if not gone(p) and f"--served-model-name\x00{name}\x00" in _raw_cmdline(p)
         ]
         if len(engines) == 1 or time.monotonic() > deadline:
             break
@@ -333,24 +315,3 @@ def _cmdline(pid: int) -> list[str]:
     args = _raw_cmdline(pid).split("\x00")[:-1]
     start = args.index("tests.fakes.vllm_cli")
     return ["vllm", *args[start + 1 :]]
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie not yet reaped counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
-
-
-def _group_gone(pgid: int) -> bool:
-    """No live process is left in the process group `pgid` (the engine and what it started)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return False
-    return True
