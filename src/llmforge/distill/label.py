@@ -129,10 +129,7 @@ async def label_examples(
                 asks[(example.id, index)] = Ask(
                     key=key, messages=list(example.messages), sampling=sampling
                 )
-    found: dict[str, CachedLabel] = {}
-    for ask in asks.values():
-        if ask.key not in found and (hit := await asyncio.to_thread(store.cached_label, ask.key)):
-            found[ask.key] = hit
+    found = await asyncio.to_thread(store.cached_labels, [a.key for a in asks.values()])
     stats = {"calls": 0, "cached": sum(1 for a in asks.values() if a.key in found)}
     todo = list({a.key: a for a in asks.values() if a.key not in found}.values())
     # for progress: the examples each unanswered key belongs to, and how many keys each lacks

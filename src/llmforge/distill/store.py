@@ -19,6 +19,7 @@ The store is synchronous (async callers use `asyncio.to_thread`) and decides not
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -117,6 +118,7 @@ def _create(conn: Connection) -> None:
 
 
 MIGRATIONS = [Migration("distill.0001_create", _create)]
+LOOKUP_CHUNK = 500  # keys per IN (...) query when reading cached labels
 
 Stage = Literal["collect", "label", "train", "eval", "export"]
 RunStatus = Literal["running", "done", "failed"]
@@ -284,10 +286,17 @@ class DistillStore:
 
     # -- label cache -----------------------------------------------------------------------
 
-    def cached_label(self, key: str) -> CachedLabel | None:
+    def cached_labels(self, keys: Sequence[str]) -> dict[str, CachedLabel]:
+        """The cached answers among `keys`, by key (one query per `LOOKUP_CHUNK` keys)."""
+        found: dict[str, CachedLabel] = {}
+        unique = list(dict.fromkeys(keys))
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(distill_labels).where(distill_labels.c.key == key)).first()
-        return None if row is None else CachedLabel.model_validate(_clean(row))
+            for i in range(0, len(unique), LOOKUP_CHUNK):
+                part = unique[i : i + LOOKUP_CHUNK]
+                rows = conn.execute(sa.select(distill_labels).where(distill_labels.c.key.in_(part)))
+                for row in rows:
+                    found[row.key] = CachedLabel.model_validate(_clean(row))
+        return found
 
     def cache_label(self, key: str, teacher: str, label: CachedLabel) -> None:
         try:
