@@ -363,9 +363,9 @@ def clustered_vectors(n: int, centers: Any, seed: int, dims: int, spread: float 
 
 
 def run_scale(rows: int, queries: int, batch: int) -> dict[str, Any]:
-    """Ingest `rows` generated chunks into a LanceDB store through its real upsert path (so the
-    ANN index is built and kept up incrementally as a real ingest would), then time searches and
-    compare their top 10 with exact search."""
+    """Ingest `rows` generated chunks into a LanceDB store through its real upsert path and its
+    end-of-ingest `settle` (so the ANN index is built and kept up as a real ingest would), then
+    time searches and compare their top 10 with exact search."""
     import numpy as np
 
     from llmforge.core.config import KBConfig
@@ -403,6 +403,7 @@ def run_scale(rows: int, queries: int, batch: int) -> dict[str, Any]:
                     f"  ingested {start + n} rows, {time.perf_counter() - started:.0f} s",
                     flush=True,
                 )
+        store.settle()  # as an ingest does when it finishes
         out["ingest_s"] = round(time.perf_counter() - started, 1)
         out["ingest_rows_per_s"] = round(rows / (time.perf_counter() - started))
         out["index"] = store.ann_state()

@@ -49,7 +49,7 @@ def test_ann_index_is_built_past_the_threshold_and_agrees_with_exact_search(
 ) -> None:
     centers = np.random.default_rng(0).standard_normal((12, DIM))
     data = clustered(600, 1, centers)
-    store = store_at(tmp_path, Ann(min_rows=400, partition_rows=100, nprobes=3, ef=40))
+    store = store_at(tmp_path, Ann(min_rows=400, partition_rows=100, nprobes=3))
     store.upsert(chunks(0, 300), data[:300].tolist())
     assert store.ann_state() is None  # below the threshold: exact only
 
@@ -96,4 +96,49 @@ def test_the_index_is_retrained_once_the_table_has_grown_past_its_partitions(
     store.upsert(chunks(200, 700), data[200:].tolist())
     assert store.ann_state() == {"trained_rows": 900, "partitions": 9}
     assert store.search(data[850].tolist(), 1)[0][0].id == "c850"
+    store.close()
+
+
+def segments(store: LanceDBStore) -> tuple[int, int]:
+    """(delta segments of the vector index, rows it does not cover yet)."""
+    stats = store._open(create=False).index_stats("vector_idx")
+    return stats.num_indices, stats.num_unindexed_rows
+
+
+def test_folds_pile_up_segments_only_so_far_and_a_large_ingest_settles_into_one_index(
+    tmp_path: Path,
+) -> None:
+    centers = np.random.default_rng(5).standard_normal((8, DIM))
+    data = clustered(400, 6, centers)
+    ann = Ann(
+        min_rows=200,
+        partition_rows=100,
+        fold_rows=10,
+        max_write_segments=3,
+        max_segments=2,
+        settle_share=0.3,
+        retrain_growth=100,
+    )
+    store = store_at(tmp_path, ann)
+    store.upsert(chunks(0, 200), data[:200].tolist())
+    store.settle()
+    assert store.ann_state() == {"trained_rows": 200, "partitions": 2}
+
+    # A small ingest (40 rows in two upserts: the first fold merges into the main index, the
+    # second adds a delta segment) does not retrain the partitions.
+    store.upsert(chunks(200, 20), data[200:220].tolist())
+    store.upsert(chunks(220, 20), data[220:240].tolist())
+    store.settle()
+    assert segments(store) == (2, 0)
+    assert store.ann_state() == {"trained_rows": 200, "partitions": 2}
+
+    # A large one folds every upsert, retrains whenever folds pile up past max_write_segments,
+    # and ends, at settle(), as one index over every row.
+    for start in range(240, 400, 20):
+        store.upsert(chunks(start, 20), data[start : start + 20].tolist())
+        assert segments(store)[0] <= ann.max_write_segments
+    store.settle()
+    assert segments(store) == (1, 0)
+    assert store.ann_state() == {"trained_rows": 400, "partitions": 4}
+    assert all(store.search(data[i].tolist(), 1)[0][0].id == f"c{i}" for i in (5, 230, 399))
     store.close()

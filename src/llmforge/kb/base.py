@@ -48,6 +48,11 @@ class VectorStore(Protocol):
         """The chunks with these ids (missing ones left out), or every chunk when None."""
         ...
 
+    def settle(self) -> None:
+        """The end of a batch of writes (an ingest, a re-embed): a store that keeps an index up
+        incrementally may tidy it here; others do nothing."""
+        ...
+
     def close(self) -> None: ...
 
 

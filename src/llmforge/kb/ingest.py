@@ -184,6 +184,8 @@ async def ingest(
             await asyncio.wait([storing])  # a half-written batch stays `pending`: redone next run
 
     bm25_missing = not (target.bm25_folder / "chunks.json").is_file()
+    if changed_store:
+        await asyncio.to_thread(target.store.settle)
     if changed_store or bm25_missing:
         await asyncio.to_thread(rebuild_bm25, target.store, target.bm25_folder)
     report.seconds = round(time.perf_counter() - started, 3)

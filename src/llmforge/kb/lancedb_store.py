@@ -5,21 +5,31 @@ chunk id, deletes are by source path. Searches are cosine searches with the filt
 the top-k is taken (so a filtered search still returns k results when k match).
 
 Below `Ann.min_rows` chunks every search is exact. Once an upsert takes the table past it, the
-store builds an ANN index (IVF partitions of HNSW graphs over int8-quantised vectors,
-`IVF_HNSW_SQ`, one partition per `Ann.partition_rows` chunks) and B-tree indexes on `id` and
-`source` (merge-inserts and deletes stop scanning the table). It is kept up incrementally: rows
-added since the index was built are searched exactly alongside it until they exceed
-`Ann.fold_share` of the indexed ones or `Ann.fold_rows` (exact search over them costs latency),
-then folded into it (`optimize`, no retraining); when the
-table has grown `Ann.retrain_growth`-fold since the partitions were trained, they are trained
-again. Unfiltered searches go through the index (`nprobes`, `ef`, then the candidates re-ranked
-on the full vectors); filtered searches stay exact over the matching rows, so they still return k
-results. `bench/retrieval.py --scale` measures latency and recall@10 against exact search.
+store builds an ANN index (IVF partitions of int8-quantised vectors, `IVF_SQ`, one partition per
+`Ann.partition_rows` chunks but no more than the square root of the row count, which keeps the
+k-means training linear in the rows) and B-tree indexes on `id` and `source` (merge-inserts and
+deletes stop scanning the table). It is kept up incrementally: rows added since the index was
+built are searched exactly alongside it until they exceed `Ann.fold_share` of the indexed ones or
+`Ann.fold_rows` (exact search over them costs latency), then folded into it (`optimize`, no
+retraining, but each fold adds a delta segment that every search visits, 1.5-2 ms each at 1M
+rows, and LanceDB's Python API cannot merge segments). So the partitions are trained again
+(k-means on `Ann.kmeans_sample` rows per partition, `Ann.kmeans_iterations` rounds: about a
+minute at 1M rows on 2 cores) when the table has grown `Ann.retrain_growth`-fold since they
+were, or folds during a long run of writes pile up more than `Ann.max_write_segments`, and once
+at the end of a batch of writes (`settle`, which an ingest calls when it finishes) that wrote at
+least `Ann.settle_share` of the table or left more than `Ann.max_segments` segments: a large
+ingest ends with one whole index, a small one only folds.
+Unfiltered searches go through the index (the `nprobes` nearest partitions, then the best
+`refine_factor * k` candidates re-ranked on the full vectors); filtered searches stay exact over
+the matching rows, so they still return k results.
+`bench/retrieval.py --scale` measures latency and recall@10 against exact search (docs/decisions.md:
+"ANN index": why IVF_SQ).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,12 +48,16 @@ class Ann:
     """When the ANN index is built and refreshed, and how it is searched."""
 
     min_rows: int = 100_000
-    partition_rows: int = 25_000
+    partition_rows: int = 1_000
     fold_share: float = 0.1
-    fold_rows: int = 20_000
-    retrain_growth: float = 4.0
-    nprobes: int = 12
-    ef: int = 120
+    fold_rows: int = 5_000
+    max_segments: int = 4
+    max_write_segments: int = 16
+    settle_share: float = 0.1
+    retrain_growth: float = 2.0
+    kmeans_iterations: int = 10
+    kmeans_sample: int = 64
+    nprobes: int = 16
     refine_factor: int = 2
 
 
@@ -87,6 +101,7 @@ class LanceDBStore:
         self._db = lancedb.connect(str(self._folder))
         self._table: Any = None
         self.ann = ann or Ann()
+        self._written = 0  # rows upserted since the last settle()
 
     def _schema(self) -> Any:
         import pyarrow as pa
@@ -131,6 +146,7 @@ class LanceDBStore:
         table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
             data
         )
+        self._written += len(chunks)
         self._maintain_index(table)
 
     # -- the ANN index --------------------------------------------------------------------------
@@ -157,11 +173,28 @@ class LanceDBStore:
         elif stats.num_unindexed_rows > min(
             self.ann.fold_share * max(1, stats.num_indexed_rows), self.ann.fold_rows
         ):
-            table.optimize()  # folds the new rows into every index, no retraining
+            table.optimize()  # folds the new rows into every index as a delta segment
+            stats = table.index_stats(VECTOR_INDEX)
+            if stats is not None and stats.num_indices > self.ann.max_write_segments:
+                self.build_index(table, rows)
+
+    def settle(self) -> None:
+        """End of a batch of writes: retrain the index into one segment if this batch wrote at
+        least `Ann.settle_share` of the table, or if more than `Ann.max_segments` piled up."""
+        written, self._written = self._written, 0
+        table = self._open(create=False)
+        if table is None or self.ann_state() is None:
+            return
+        stats = table.index_stats(VECTOR_INDEX)
+        if stats is None or stats.num_indices <= 1:
+            return
+        rows = table.count_rows()
+        if written >= self.ann.settle_share * rows or stats.num_indices > self.ann.max_segments:
+            self.build_index(table, rows)
 
     def build_index(self, table: Any = None, rows: int | None = None) -> None:
         """(Re)train the ANN index over every row (upserts do this on their own)."""
-        from lancedb.index import IvfHnswSq
+        from lancedb.index import IvfSq
 
         table = table if table is not None else self._open(create=False)
         if table is None:
@@ -170,8 +203,13 @@ class LanceDBStore:
         # Compact first: compacting after the index exists remaps (rebuilds) it, which made the
         # first fold after a build take minutes at 300k rows instead of seconds.
         table.optimize()
-        partitions = max(1, rows // self.ann.partition_rows)
-        config = IvfHnswSq(distance_type="cosine", num_partitions=partitions, ef_construction=150)
+        partitions = max(1, min(rows // self.ann.partition_rows, math.isqrt(rows)))
+        config = IvfSq(
+            distance_type="cosine",
+            num_partitions=partitions,
+            max_iterations=self.ann.kmeans_iterations,
+            sample_rate=self.ann.kmeans_sample,
+        )
         table.create_index("vector", config=config, name=VECTOR_INDEX, replace=True)
         for column in ("id", "source"):
             table.create_scalar_index(column, replace=True)
@@ -204,11 +242,7 @@ class LanceDBStore:
             state = self.ann_state()
             if state is not None:
                 nprobes = min(state["partitions"], self.ann.nprobes)
-                query = (
-                    query.nprobes(nprobes)
-                    .ef(max(self.ann.ef, k))
-                    .refine_factor(self.ann.refine_factor)
-                )
+                query = query.nprobes(nprobes).refine_factor(self.ann.refine_factor)
         rows = query.to_list()
         return [(_chunk(r), 1.0 - float(r["_distance"])) for r in rows]
 

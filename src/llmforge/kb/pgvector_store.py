@@ -235,6 +235,9 @@ class PgVectorStore:
                 return
             after = rows[-1].id
 
+    def settle(self) -> None:
+        """The server keeps its own index up; nothing to do."""
+
     def close(self) -> None:
         self._engine.dispose()
 

@@ -143,6 +143,9 @@ class QdrantStore:
             if offset is None:
                 return
 
+    def settle(self) -> None:
+        """The server keeps its own index up; nothing to do."""
+
     def close(self) -> None:
         self._client.close()
 

@@ -762,6 +762,7 @@ async def _finetune(ctx: _Context) -> _Candidate | None:
         if chunks:
             vectors = (await documents.embed([c.indexed_text() for c in chunks])).vectors
             await asyncio.to_thread(store.upsert, chunks, vectors)
+    await asyncio.to_thread(store.settle)
     ctx.report("reembed", len(ids), len(ids))
 
     async def embed(batch: list[str]) -> np.ndarray:

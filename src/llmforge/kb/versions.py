@@ -231,6 +231,8 @@ async def catch_up(
         done += len(chunks)
         if progress:
             progress(done)
+    if done:
+        await asyncio.to_thread(target.settle)
     return done
 
 
