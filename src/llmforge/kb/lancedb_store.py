@@ -58,7 +58,7 @@ class Ann:
     kmeans_iterations: int = 10
     kmeans_sample: int = 64
     nprobes: int = 16
-    refine_factor: int = 2
+    refine_factor: int = 3
 
 
 _FIELDS = (
