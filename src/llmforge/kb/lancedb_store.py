@@ -22,8 +22,8 @@ ingest ends with one whole index, a small one only folds.
 Unfiltered searches go through the index (the `nprobes` nearest partitions, then the best
 `refine_factor * k` candidates re-ranked on the full vectors); filtered searches stay exact over
 the matching rows, so they still return k results.
-`bench/retrieval.py --scale` measures latency and recall@10 against exact search (docs/decisions.md:
-"ANN index": why IVF_SQ).
+`bench/retrieval.py --scale` measures latency and recall@10 against exact search (why IVF_SQ
+and these settings: docs/decisions.md §41).
 """
 
 from __future__ import annotations
