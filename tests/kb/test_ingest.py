@@ -291,3 +291,29 @@ async def test_ingest_killed_midway_finishes_on_rerun_without_duplicates(tmp_pat
         assert sorted(bm25["ids"]) == sorted(ids)
     finally:
         await kbs.aclose()
+
+
+async def test_what_another_process_ingests_is_searched_here_at_once(tmp_path: Path) -> None:
+    """Two workers of one server, or `llmforge kb ingest` next to a running server: each has its
+    own handle on the same knowledge base, and a search in one finds what the other just wrote,
+    by vector as well as by keyword."""
+    settings = make_settings(tmp_path)
+    server, cli = KnowledgeBases(settings), KnowledgeBases(settings)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pump.md").write_text("# Pump\n\nReplace the impeller seals yearly.\n", "utf-8")
+    try:
+        serving = await server.open("notes", create=True)
+        await serving.ingest([docs])
+        assert [h.source for h in await serving.search("impeller seals", k=5)]
+
+        (docs / "orchids.md").write_text("# Orchids\n\nWater orchids once a week.\n", "utf-8")
+        await (await cli.open("notes")).ingest([docs])
+
+        orchids = str(docs / "orchids.md")
+        for fusion in ("dense", "bm25"):
+            found = await serving.search_detailed("water orchids once a week", k=5, fusion=fusion)
+            assert orchids in [h.source for h in found.hits], fusion
+    finally:
+        await server.aclose()
+        await cli.aclose()

@@ -33,6 +33,7 @@ import math
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from llmforge.kb.base import StoreSpec
@@ -98,7 +99,10 @@ class LanceDBStore:
 
         self._folder = spec.folder / "lancedb"
         self._dimensions = spec.dimensions
-        self._db = lancedb.connect(str(self._folder))
+        # Every read checks for a newer table version (a file stat, no measurable cost): another
+        # process (a second worker, `llmforge kb ingest` next to the server) may have written.
+        # LanceDB's default never checks, so a long-lived handle kept serving what it first saw.
+        self._db = lancedb.connect(str(self._folder), read_consistency_interval=timedelta(0))
         self._table: Any = None
         self.ann = ann or Ann()
         self._written = 0  # rows upserted since the last settle()
