@@ -11,7 +11,8 @@ when absent) this script, in one run:
 3. searches every judged query with BM25 alone, dense alone, the default hybrid fusion and, with
    `--reranker PATH` (a local cross-encoder folder), hybrid + rerank; reports nDCG@10 and
    recall@10 (hits are mapped to their documents; a document counts once, at its best chunk) and
-   the p50/p95 latency of the default search;
+   the p50/p95 latency of the default search; with `--feedback 3,5` also dense and default search
+   with pseudo-relevance feedback from each query's top 3 and top 5 results;
 4. unless `--skip-llamaindex`: ingests the same folder with LlamaIndex's default pipeline
    (`SimpleDirectoryReader` -> `VectorStoreIndex.from_documents`: SentenceSplitter 1024/200,
    `HuggingFaceEmbedding` of the same local MiniLM folder, its default batch size) in its own
@@ -20,8 +21,9 @@ when absent) this script, in one run:
    reports its nodes/s and our speed-up.
 
 Run: `.venv/bin/python bench/retrieval.py [--dataset DIR] [--limit N] [--reranker PATH]
-[--skip-llamaindex] [--json]`. The corpus has mostly judged documents plus distractors, so absolute
-scores run higher than on full BEIR; compare the methods against each other in the same run.
+[--feedback N,...] [--skip-llamaindex] [--json]`. The corpus has mostly judged documents plus
+distractors, so absolute scores run higher than on full BEIR; compare the methods against each
+other in the same run.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ async def run_ours(
     expand: list[str] | None = None,
     expand_queries: int = 100,
     labelled_share: float = 0.0,
+    feedback: list[int] | None = None,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {"reranker": {"path": reranker}} if reranker else {}
     settings = load_settings(
@@ -177,6 +180,14 @@ async def run_ours(
             "p50": round(latencies[len(latencies) // 2], 1),
             "p95": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))], 1),
         }
+        for n in feedback or ():
+            wall = time.perf_counter()
+            row: dict[str, Any] = {
+                "dense": await judged(kb, names, queries, qrels, fusion="dense", feedback=n),
+                "default": await judged(kb, names, queries, qrels, feedback=n),
+            }
+            row["ms_per_query"] = round((time.perf_counter() - wall) * 500 / len(queries), 1)
+            out.setdefault("feedback", {})[str(n)] = row
         if expand:
             out["expand"] = await run_expansion(kb, names, queries, qrels, expand, expand_queries)
         if tune:
@@ -202,11 +213,14 @@ async def judged(
     qrels: dict,
     fusion: str | None = None,
     expander: Any = None,
+    feedback: int | None = None,
 ) -> dict[str, float]:
     """nDCG@10 and recall@10 of the KB's search (its serving version) on the judged queries."""
     scores_n, scores_r = [], []
     for qid, text in queries.items():
-        result = await kb.search_detailed(text, k=20, fusion=fusion, expander=expander)
+        result = await kb.search_detailed(
+            text, k=20, fusion=fusion, expander=expander, feedback=feedback
+        )
         ranked = list(dict.fromkeys(names[Path(h.source).name] for h in result.hits))
         scores_n.append(ndcg(ranked, qrels[qid]))
         scores_r.append(recall(ranked, qrels[qid]))
@@ -477,6 +491,12 @@ def main() -> None:
         help="comma-separated query expansions to measure with the built-in local model "
         "(hyde, multi-query); 'none' skips them",
     )
+    parser.add_argument(
+        "--feedback",
+        default="none",
+        help="comma-separated pseudo-relevance feedback depths to measure (dense and default "
+        "search, each query's top N results); 'none' skips them",
+    )
     parser.add_argument("--expand-queries", type=int, default=100, help="judged queries used")
     parser.add_argument("--tune-sample", type=int, default=400, help="chunks given queries")
     parser.add_argument(
@@ -526,6 +546,7 @@ def main() -> None:
         tune = [] if args.tune == "none" else args.tune.split(",")
         tune_options = {"steps": args.tune_steps, "sample": args.tune_sample}
         expand = [] if args.expand == "none" else args.expand.split(",")
+        feedback = [] if args.feedback == "none" else [int(n) for n in args.feedback.split(",")]
         result.update(
             asyncio.run(
                 run_ours(
@@ -540,6 +561,7 @@ def main() -> None:
                     expand,
                     args.expand_queries,
                     args.labelled_share,
+                    feedback,
                 )
             )
         )
@@ -554,6 +576,12 @@ def main() -> None:
     print(f"{result['dataset']}: {result['documents']} documents, {result['queries']} queries")
     for label, m in result["methods"].items():
         print(f"  {label:32s} nDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}")
+    for n, row in result.get("feedback", {}).items():
+        for side in ("dense", "default"):
+            print(
+                f"  {side + ' + feedback ' + n:32s} nDCG@10 {row[side]['ndcg@10']:.4f}  "
+                f"recall@10 {row[side]['recall@10']:.4f}  ({row['ms_per_query']} ms/search)"
+            )
     if "expand" in result:
         e = result["expand"]
         print(f"  query expansion, first {e['queries']} queries (plain: {e['plain']['ndcg@10']})")

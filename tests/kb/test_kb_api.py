@@ -92,6 +92,12 @@ def test_create_upload_search_fetch_delete(client: TestClient, tmp_path: Path) -
     ).json()
     assert [s["name"] for s in detailed["stages"]] == ["dense", "bm25", "fusion"]
     assert detailed["data"][0]["title"] == "Garden Guide"
+    fed = client.post(
+        "/v1/kb/manuals/search",
+        json={"query": "orchids", "k": 1, "detailed": True, "feedback": 2},
+    ).json()
+    assert [s["name"] for s in fed["stages"]] == ["dense", "feedback", "bm25", "fusion"]
+    assert fed["data"][0]["title"] == "Garden Guide"
 
     filtered = client.post(
         "/v1/kb/manuals/search",
@@ -169,6 +175,8 @@ def test_bad_requests_get_clear_4xx_errors(client: TestClient, tmp_path: Path) -
     assert_error(client.post("/v1/kb/docs/search", json={"query": "x", "k": 0}), 400, "k")
     assert_error(client.post("/v1/kb/docs/search", json={"query": "x", "k": 5000}), 400, "k")
     assert_error(client.post("/v1/kb/docs/search", json={"query": "x", "top": 3}), 400, "top")
+    bad = {"query": "x", "feedback": 51}
+    assert_error(client.post("/v1/kb/docs/search", json=bad), 400, "feedback")
     assert_error(client.get("/v1/kb/docs/chunks/0123abcd"), 404)
 
     assert_error(client.post("/v1/kb/docs/documents", json={"files": []}), 400, "files")

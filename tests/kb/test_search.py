@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from llmforge.core.errors import UnknownNameError
+from llmforge.core.errors import InvalidRequestError, UnknownNameError
 from llmforge.kb import KnowledgeBases
 from llmforge.kb.bm25 import terms
 from llmforge.kb.fusion import FUSIONS, corroborated, rrf, zscore
 from llmforge.kb.search import candidates
+from llmforge.kb.types import SearchResult
 from tests.kb.conftest import make_settings, tiny_cross_encoder
 
 
@@ -90,6 +91,62 @@ async def test_configured_reranker_runs_and_shows_in_the_explanation(tmp_path: P
             (h.rerank_score for h in result.hits if h.rerank_score is not None), reverse=True
         )
         assert len(await kb.search("reranking topic", k=10)) == 10  # k above candidates
+    finally:
+        await kbs.aclose()
+
+
+async def test_feedback_pulls_up_what_the_top_results_share_with_no_query_word(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    texts = {
+        "a": "orchard apples cider",  # the one match of the query
+        "b": "apples cider press",  # no query word, two words of the match
+        "c": "granite quarry stone",
+        "d": "violin concerto strings",
+    }
+    for name, text in texts.items():
+        (folder / f"{name}.txt").write_text(text, "utf-8")
+    kbs = KnowledgeBases(make_settings(tmp_path))
+    try:
+        kb = await kbs.open("fb", create=True)
+        await kb.ingest([folder])
+
+        def dense(result: SearchResult) -> dict[str, float]:
+            return {Path(h.source).stem: h.dense_score or 0.0 for h in result.hits}
+
+        plain = await kb.search_detailed("orchard", k=4, fusion="dense")
+        assert [s.name for s in plain.stages] == ["dense", "bm25", "fusion"]
+        moved = await kb.search_detailed("orchard", k=4, fusion="dense", feedback=1)
+        assert [s.name for s in moved.stages] == ["dense", "feedback", "bm25", "fusion"]
+        assert moved.stages[1].detail == "query moved 0.3 towards top 1"
+        assert Path(moved.hits[0].source).stem == "a"
+        assert Path(moved.hits[1].source).stem == "b"
+        before, after = dense(plain), dense(moved)
+        assert after["b"] > before["b"] + 0.1
+        assert after["b"] > max(after["c"], after["d"]) + 0.1
+        assert after["a"] > before["a"]  # the query moved towards its first result
+
+        with pytest.raises(InvalidRequestError, match="feedback must be between 0 and 50"):
+            await kb.search_detailed("orchard", feedback=51)
+    finally:
+        await kbs.aclose()
+
+
+async def test_configured_feedback_applies_to_every_search_and_zero_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("plain text", "utf-8")
+    kbs = KnowledgeBases(make_settings(tmp_path, search={"feedback": 3, "feedback_weight": 0.5}))
+    try:
+        kb = await kbs.open("fb", create=True)
+        await kb.ingest([tmp_path / "a.txt"])
+        result = await kb.search_detailed("plain", k=1)
+        assert [s.name for s in result.stages] == ["dense", "feedback", "bm25", "fusion"]
+        assert result.stages[1].detail == "query moved 0.5 towards top 3"
+        off = await kb.search_detailed("plain", k=1, feedback=0)
+        assert "feedback" not in [s.name for s in off.stages]
     finally:
         await kbs.aclose()
 

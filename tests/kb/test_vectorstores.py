@@ -102,6 +102,14 @@ def test_delete_by_source_and_scan_by_id(store: VectorStore) -> None:
     assert [c.id for c in got] == ["/docs/b/two.pdf#0"]
 
 
+def test_vectors_by_id_are_the_stored_ones(store: VectorStore) -> None:
+    got = store.vectors([CHUNKS[1].id, "missing", CHUNKS[3].id])
+    assert sorted(got) == sorted([CHUNKS[1].id, CHUNKS[3].id])
+    for i in (1, 3):
+        assert got[CHUNKS[i].id] == pytest.approx(VECTORS[i], abs=1e-6)
+    assert store.vectors([]) == {}
+
+
 def test_delete_everything_then_start_again(store: VectorStore) -> None:
     store.delete(None)
     assert list(store.scan()) == []

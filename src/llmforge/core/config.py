@@ -241,6 +241,17 @@ class KBSearchConfig(Section):
         le=1,
         description="zscore/minmax fusion: weight of dense (BM25 gets the rest)",
     )
+    feedback: int = Field(
+        0,
+        ge=0,
+        le=50,
+        description="pseudo-relevance feedback: move the query's vector towards its top N "
+        "dense results and search again (helps entity and topic searches, hurts pinpoint "
+        "questions; 0 = off)",
+    )
+    feedback_weight: float = Field(
+        0.3, gt=0, le=2, description="feedback: how far the query moves (Rocchio's beta)"
+    )
 
 
 class KBConfig(Section):

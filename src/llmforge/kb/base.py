@@ -48,6 +48,10 @@ class VectorStore(Protocol):
         """The chunks with these ids (missing ones left out), or every chunk when None."""
         ...
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
+        """The stored vectors of these chunk ids (missing ones left out)."""
+        ...
+
     def settle(self) -> None:
         """The end of a batch of writes (an ingest, a re-embed): a store that keeps an index up
         incrementally may tidy it here; others do nothing."""

@@ -29,6 +29,7 @@ from llmforge.core.errors import InvalidRequestError
 from llmforge.core.settings import Settings
 from llmforge.kb.knowledge_base import KnowledgeBases
 from llmforge.kb.queries import generator_for
+from llmforge.kb.search import MAX_FEEDBACK
 from llmforge.kb.tune import LabelledQuery, TuneOptions, TuneProgress, TuneReport
 from llmforge.kb.types import IngestProgress, IngestReport, KBInfo, SearchFilters, SearchResult
 from llmforge.kb.versions import IndexVersion, describe
@@ -116,6 +117,15 @@ def search_command(
             help="corroborated, zscore, minmax, rrf, dense or bm25 (default: kb.search.fusion)"
         ),
     ] = None,
+    feedback: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=MAX_FEEDBACK,
+            help="Pseudo-relevance feedback: move the query towards its top N results and search "
+            "again; 0 turns it off (default: kb.search.feedback).",
+        ),
+    ] = None,
     explain: Annotated[
         bool, typer.Option("--explain", help="Show each stage and every hit's stage scores.")
     ] = False,
@@ -128,7 +138,7 @@ def search_command(
         path_prefix=str(Path(path).expanduser().resolve()) if path else None,
         file_types=file_type or None,
     )
-    result = run(_search(settings, kb, query, k, filters, fusion))
+    result = run(_search(settings, kb, query, k, filters, fusion, feedback))
     if as_json:
         payload = result.model_dump() if explain else [h.model_dump() for h in result.hits]
         sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
@@ -165,11 +175,12 @@ async def _search(
     k: int | None,
     filters: SearchFilters,
     fusion: str | None,
+    feedback: int | None,
 ) -> SearchResult:
     kbs = KnowledgeBases(settings)
     try:
         kb = await kbs.open(name)
-        return await kb.search_detailed(query, k, filters, fusion)
+        return await kb.search_detailed(query, k, filters, fusion, feedback=feedback)
     finally:
         await kbs.aclose()
 

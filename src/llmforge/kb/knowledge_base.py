@@ -133,11 +133,13 @@ class KnowledgeBase:
         filters: SearchFilters | None = None,
         fusion: str | None = None,
         expander: QueryExpander | None = None,
+        feedback: int | None = None,
     ) -> SearchResult:
         """`search` plus what each stage did (`stages`), for explaining and debugging;
-        `expander` (`expansion.py`) searches the texts it writes for the query too."""
+        `expander` (`expansion.py`) searches the texts it writes for the query too; `feedback`
+        overrides the configured pseudo-relevance feedback (search.py)."""
         await self._refresh()
-        return await self._serving.retriever.search(query, k, filters, fusion, expander)
+        return await self._serving.retriever.search(query, k, filters, fusion, expander, feedback)
 
     async def get_chunk(self, chunk_id: str) -> Chunk:
         store = self._serving.store

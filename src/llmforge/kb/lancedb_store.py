@@ -273,6 +273,19 @@ class LanceDBStore:
             )
             yield from (_chunk(r) for r in rows)
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
+        table = self._open(create=False)
+        if table is None or not ids:
+            return {}
+        rows = (
+            table.search()
+            .where(f"id IN ({', '.join(_quote(i) for i in ids)})")
+            .select(["id", "vector"])
+            .limit(len(ids))
+            .to_list()
+        )
+        return {r["id"]: list(r["vector"]) for r in rows}
+
     def close(self) -> None:
         self._table = None
 

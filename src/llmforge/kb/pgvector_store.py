@@ -235,6 +235,14 @@ class PgVectorStore:
                 return
             after = rows[-1].id
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
+        if not ids or not self._ensure(create=False):
+            return {}
+        t = self._table
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.id, t.c.embedding).where(t.c.id.in_(list(ids))))
+            return {r.id: [float(x) for x in r.embedding] for r in rows}
+
     def settle(self) -> None:
         """The server keeps its own index up; nothing to do."""
 

@@ -143,6 +143,17 @@ class QdrantStore:
             if offset is None:
                 return
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, list[float]]:
+        if not ids or not self._ensure(create=False):
+            return {}
+        points = self._client.retrieve(
+            self._collection,
+            ids=[point_id(i) for i in ids],
+            with_payload=["id"],
+            with_vectors=True,
+        )
+        return {p.payload["id"]: list(p.vector) for p in points if p.payload}  # type: ignore[arg-type]
+
     def settle(self) -> None:
         """The server keeps its own index up; nothing to do."""
 

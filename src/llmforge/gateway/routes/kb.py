@@ -8,7 +8,7 @@
     POST   /v1/kb/{name}/documents        upload files (multipart), stored in the KB's `uploads`
                                           folder and ingested; a result per file
     POST   /v1/kb/{name}/sync  {paths?}   incremental re-ingest of server paths, or of `uploads`
-    POST   /v1/kb/{name}/search           {query, k, filters, detailed, expand} -> hits (+ stages)
+    POST   /v1/kb/{name}/search           {query, k, filters, detailed, expand, feedback} -> hits
     GET    /v1/kb/{name}/chunks/{id}      one chunk with its metadata
     POST   /v1/kb/{name}/tune  {options}  start tuning its retrieval (202; runs in the background)
     GET    /v1/kb/{name}/tune             the running or last tune: progress, report, error
@@ -71,6 +71,7 @@ from llmforge.kb import (
 from llmforge.kb.expansion import expander_for
 from llmforge.kb.mcp import MCP_PATH, build_server
 from llmforge.kb.queries import QueryGenerator, generator_for
+from llmforge.kb.search import MAX_FEEDBACK
 from llmforge.kb.tune import TuneOptions, TuneProgress, TuneReport
 
 if TYPE_CHECKING:
@@ -120,6 +121,13 @@ class SearchRequest(BaseModel):
         None, description="also search what `expand_model` writes for the query (one model call)"
     )
     expand_model: str | None = Field(None, description="the chat model writing the expansion")
+    feedback: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_FEEDBACK,
+        description="pseudo-relevance feedback: the query moves towards its top N results before "
+        "the dense search runs again; 0 = off (default: kb.search.feedback)",
+    )
 
 
 FileStatus = Literal["added", "updated", "unchanged", "skipped", "failed"]
@@ -327,7 +335,9 @@ async def search(ctx: Ctx, name: str, body: SearchRequest) -> Response:
                 param="expand_model",
             )
         expander = expander_for(body.expand, ctx.catalog.chat(body.expand_model))
-    result = await kb.search_detailed(body.query, body.k, filters, body.fusion, expander)
+    result = await kb.search_detailed(
+        body.query, body.k, filters, body.fusion, expander, body.feedback
+    )
     out: dict[str, Any] = {
         "object": "knowledge_base.search",
         "kb": name,
