@@ -121,6 +121,7 @@ class RunContext:
     emit: Emit
     usage: RunUsage
     scratch: Path
+    key_id: str | None = None  # the API key that started the run: its steps are billed to it
     memories: list[str] = field(default_factory=list)  # recalled at the start of the run
     started: float = field(default_factory=time.monotonic)
 
@@ -170,7 +171,9 @@ class RunContext:
         )
         self.usage.steps += 1
         tags = {"agent": cfg.name, "agent_run": self.run_id, "agent_step": str(self.usage.steps)}
-        answer = await self.models.complete(self.agent.model, prompt(messages), sampling, tags)
+        answer = await self.models.complete(
+            self.agent.model, prompt(messages), sampling, tags, key_id=self.key_id
+        )
         usage = answer.completion.usage
         self.usage.prompt_tokens += usage.prompt_tokens
         self.usage.completion_tokens += usage.completion_tokens

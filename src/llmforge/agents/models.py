@@ -4,8 +4,8 @@ Inside the server, the gateway hands the runtime a client that sends every call 
 `Gateway` (router with retries and fallbacks, admission, accounting, traces tagged with the run
 id); this package cannot import the gateway, so it only names the protocol. `CatalogModels`
 calls the catalog's backends directly, priced from the models' `price`, for runtimes built
-without a gateway (the `agent` model provider used outside the server). It adds no retries and
-records no traces.
+without a gateway (the `agent` model provider used outside the server). It adds no retries,
+records no traces and has no keys to bill.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ class ModelClient(Protocol):
         messages: Sequence[Message],
         sampling: Sampling,
         tags: Mapping[str, str],
+        key_id: str | None = None,
     ) -> ModelAnswer:
-        """The model's answer; `tags` (agent, run id, step) go into its trace."""
+        """The model's answer; `tags` (agent, run id, step) go into its trace; `key_id`: the API
+        key that started the run, which the call is admitted and billed against."""
         ...
 
 
@@ -58,6 +60,7 @@ class CatalogModels:
         messages: Sequence[Message],
         sampling: Sampling,
         tags: Mapping[str, str],
+        key_id: str | None = None,
     ) -> ModelAnswer:
         completion = await self._context.chat(model).complete(messages, sampling)
         settings = self._context.settings

@@ -79,6 +79,7 @@ from llmforge.agents.tools import Tool, ToolEnv, agent_tools
 from llmforge.core.config import AgentConfig, AgentToolRef, MCPServerConfig
 from llmforge.core.db import open_engine, sortable_id
 from llmforge.core.errors import (
+    BudgetExceededError,
     ConfigError,
     InvalidRequestError,
     LLMForgeError,
@@ -575,6 +576,7 @@ class AgentRuntime:
             emit=lambda e: self._emit(e),
             usage=usage,
             scratch=Path(self.settings.agents.sandbox.scratch) / run.id,
+            key_id=run.key_id,
         )
         config = {"configurable": {"thread_id": run.thread_id}}
         status: RunStatus = "done"
@@ -609,6 +611,8 @@ class AgentRuntime:
             status, stop_reason = "budget_exceeded", f"max_wall_s: ran {limit:g} s"
         except BudgetExceeded as e:
             status, stop_reason = "budget_exceeded", e.reason
+        except BudgetExceededError as e:  # the budget of the API key that started the run
+            status, stop_reason = "budget_exceeded", e.message
         except asyncio.CancelledError:
             # shutting down: leave the run `running` so that the next process resumes it
             await asyncio.to_thread(self.store.update, run.id, usage=ctx.current_usage())

@@ -71,7 +71,7 @@ from llmforge.core.errors import (
 from llmforge.core.settings import Settings
 from llmforge.core.types import Message, Sampling, Usage
 from llmforge.gateway.call import Call, Caller, Reservation, TokenHold, cost_usd
-from llmforge.gateway.keys import KeyStore, to_nusd, to_usd
+from llmforge.gateway.keys import ApiKey, KeyStore, to_nusd, to_usd
 from llmforge.gateway.outage import outage_as_503, outage_reason
 from llmforge.models import ModelCatalog
 from llmforge.models.base import TokenCounter
@@ -323,14 +323,22 @@ class KeyAdmission:
                 f"Invalid API key '{secret[:8]}...': it is unknown or was revoked. "
                 "See `llmforge keys list`."
             )
-        return Caller(
-            key_id=key.id,
-            name=key.name,
-            models=tuple(key.models) if key.models else None,
-            rpm=key.rpm,
-            tpm=key.tpm,
-            budget_usd=key.budget_usd,
-        )
+        return _caller(key)
+
+    async def caller_for(self, key_id: str) -> Caller:
+        """The caller a stored key id stands for, for work done on its behalf after its request
+        ended (an agent run's steps, a run resumed after a restart): its current limits and
+        budget; AuthenticationError when the key has been revoked since."""
+        if key_id == MASTER.key_id:
+            return MASTER
+        with outage_as_503():
+            key = await asyncio.to_thread(self.store.get, key_id)
+        if not key.active:
+            raise AuthenticationError(
+                f"The API key '{key.prefix}...' ({key.name}) that started this work was revoked; "
+                "its model calls stop with it."
+            )
+        return _caller(key)
 
     async def require_master(self, request: Request) -> None:
         if self.master_key is None:
@@ -651,4 +659,15 @@ def _estimated_usage(call: Call) -> Usage:
         prompt += len(call.prompt.encode())
     return Usage(
         prompt_tokens=math.ceil(prompt / 4), completion_tokens=math.ceil(len(call.output) / 4) + 1
+    )
+
+
+def _caller(key: ApiKey) -> Caller:
+    return Caller(
+        key_id=key.id,
+        name=key.name,
+        models=tuple(key.models) if key.models else None,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        budget_usd=key.budget_usd,
     )

@@ -18,8 +18,9 @@ stopped or paused; `approve`/`reject`/`resume` answer the same way (or stream wi
 
 Who may do what with keys on: any valid key starts and reads runs; deciding on approvals and
 listing pending ones takes the master key (a person, not the agent's caller). `install` builds the
-process's `AgentRuntime` over the gateway's own `Gateway` (so agent steps are routed, admitted,
-priced and traced with the run id in the trace's metadata) and ties it to the app's lifespan.
+process's `AgentRuntime` over the gateway's own `Gateway` (so agent steps are routed, admitted as
+the key that started the run, billed to it, and traced with the run id in the trace's metadata)
+and ties it to the app's lifespan.
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmforge.agents import AgentEvent, AgentRun, AgentRuntime, ModelAnswer
 from llmforge.agents.model import RUNTIME_KEY
-from llmforge.core.errors import NotFoundError, PermissionDeniedError
+from llmforge.core.errors import (
+    BudgetExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from llmforge.core.types import Message, Sampling
+from llmforge.gateway.admission import KeyAdmission
 from llmforge.gateway.call import Call, Caller
 from llmforge.gateway.context import AppContext, Authenticated, Ctx, api_router, authenticate
 from llmforge.gateway.replies import STREAM_HEADERS, json_response
@@ -45,13 +52,19 @@ from llmforge.gateway.service import Gateway
 from llmforge.kb import shared_knowledge_bases
 
 router = api_router(tags=["agents"], dependencies=[Depends(authenticate)])
+RATE_LIMIT_TRIES = 5  # a step refused by the key's RPM/TPM limit is tried this often in all
+MAX_RATE_LIMIT_WAIT_S = 60.0
 
 
 class GatewayModels:
-    """The runtime's ModelClient: every agent step is a `Call` through the gateway."""
+    """The runtime's ModelClient: every agent step is a `Call` through the gateway, admitted as
+    the API key that started the run (its model scope, rate limits and budget; its spend and
+    traces). A step refused by the key's rate limit waits the limit's Retry-After and tries
+    again (`RATE_LIMIT_TRIES` in all); an exhausted budget or a revoked key ends the run."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, admission: KeyAdmission) -> None:
         self.gateway = gateway
+        self.admission = admission
 
     async def complete(
         self,
@@ -59,16 +72,27 @@ class GatewayModels:
         messages: Sequence[Message],
         sampling: Sampling,
         tags: Mapping[str, str],
+        key_id: str | None = None,
     ) -> ModelAnswer:
-        call = Call(
-            model=model,
-            messages=list(messages),
-            sampling=sampling,
-            metadata=dict(tags),
-            use_cache=False,
-        )
-        completion = await self.gateway.complete(call)
-        return ModelAnswer(completion=completion, cost_usd=call.cost_usd, trace_id=call.id)
+        caller = None if key_id is None else await self.admission.caller_for(key_id)
+        for attempt in range(1, RATE_LIMIT_TRIES + 1):
+            call = Call(
+                model=model,
+                messages=list(messages),
+                sampling=sampling,
+                metadata=dict(tags),
+                use_cache=False,
+                caller=caller,
+            )
+            try:
+                completion = await self.gateway.complete(call)
+            except RateLimitError as e:
+                if isinstance(e, BudgetExceededError) or attempt == RATE_LIMIT_TRIES:
+                    raise
+                await asyncio.sleep(min(e.retry_after_s, MAX_RATE_LIMIT_WAIT_S))
+                continue
+            return ModelAnswer(completion=completion, cost_usd=call.cost_usd, trace_id=call.id)
+        raise AssertionError("unreachable")
 
 
 def runtime_of(ctx: AppContext) -> AgentRuntime:
@@ -76,7 +100,7 @@ def runtime_of(ctx: AppContext) -> AgentRuntime:
         RUNTIME_KEY,
         lambda: AgentRuntime(
             ctx.settings,
-            GatewayModels(ctx.gateway),
+            GatewayModels(ctx.gateway, ctx.admission),
             engine=ctx.engine,
             knowledge_bases=lambda: shared_knowledge_bases(ctx.catalog),
             embedder=ctx.catalog.embedder,
