@@ -134,6 +134,7 @@ test: install llama-tools converter browser redis postgres lint typecheck
 	LLMFORGE_TEST_POSTGRES_URL="$${LLMFORGE_TEST_POSTGRES_URL:-$$($(PG_CLUSTER) url --port $(PG_PORT))}" \
 	LLMFORGE_TEST_PGVECTOR_URL="$${LLMFORGE_TEST_PGVECTOR_URL:-$$($(PG_CLUSTER) url \
 		--port $(PGVECTOR_PORT) --bin pgserver)}" \
+	LLMFORGE_TEST_PGVECTOR_UNUSABLE="$$($(PG_CLUSTER) problem --port $(PGVECTOR_PORT) --bin pgserver)" \
 	$(BIN)/pytest $(ARGS)
 
 bench: install

