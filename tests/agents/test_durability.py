@@ -1,5 +1,6 @@
-"""Runs that outlive their server: an approval pause across a restart, and a run killed with
-SIGKILL mid-step that the next server resumes without repeating finished tool calls."""
+"""Runs that outlive their server: an approval pause across a restart (on SQLite and PostgreSQL),
+and a run killed with SIGKILL mid-step that the next server resumes without repeating finished
+tool calls."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from llmforge.gateway import create_app
@@ -27,11 +29,13 @@ from tests.fakes.server import free_port, serve
 
 
 def test_approval_pause_survives_a_restart_and_resumes_on_approve(
-    upstream: tuple[str, FakeOpenAI], tmp_path: Path
+    upstream: tuple[str, FakeOpenAI], tmp_path: Path, database_url: str
 ) -> None:
+    """On SQLite and on PostgreSQL: runs, checkpoints (LangGraph's saver for each) and the audit
+    log in the configured database."""
     base, fake = upstream
     fake.reset()
-    settings = agent_settings(tmp_path, base)
+    settings = agent_settings(tmp_path, base).model_copy(update={"database": database_url})
     fake.respond(Reply(calls=(Call("python", '{"code": "print(6 * 6)"}'),)))
     with serve(create_app(settings)) as url:
         evs = start(url, "guarded", "compute something", thread_id="approve-me")
@@ -61,6 +65,12 @@ def test_approval_pause_survives_a_restart_and_resumes_on_approve(
     assert result["text"].splitlines()[1] == "42"  # ran with the edited arguments
     assert after[-1]["status"] == "done" and after[-1]["output"] == "The result is 42."
     assert fake.requests[-1]["messages"][-1]["content"].endswith("42\n")
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    try:  # everything in the configured database (on PostgreSQL, the test's own schema)
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"agent_runs", "agent_events", "checkpoints"} <= tables
 
 
 class _Counter(BaseHTTPRequestHandler):
