@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -53,6 +54,7 @@ from starlette.types import Receive, Scope, Send
 
 from tests.fakes.reply import Call, Reply, call_to, example_for, pieces
 
+_WORDS = re.compile(r"\s*\S+")  # a reply's words, each with the whitespace before it
 ROLES = ("system", "developer", "user", "assistant", "tool")
 TOOL_MODELS = ("tools", "parallel-tools")
 MIDSTREAM_ERROR = 'data: {"error": {"message": "scripted failure mid-stream"}}\n\n'
@@ -363,12 +365,12 @@ class _Answer:
         self, reply: Reply, limit: int | None, top: int | None, call_id: str, legacy: bool = False
     ) -> None:
         self.reply = reply
-        words = reply.text.split()
+        words = _WORDS.findall(reply.text)  # each word with the whitespace before it, kept
         self.finish = reply.finish_reason
         if limit and len(words) > limit:
             words, self.finish = words[:limit], self.finish or "length"
         self.finish = self.finish or ("tool_calls" if reply.calls else "stop")
-        self.tokens = [(" " if i else "") + w for i, w in enumerate(words)]
+        self.tokens = [w if i else w.lstrip() for i, w in enumerate(words)]
         self.text = "".join(self.tokens)
         self.top = top  # logprobs asked for: how many alternatives (None: no logprobs)
         self.ids = [f"{call_id}_{k}" for k in range(len(reply.calls))]
