@@ -176,3 +176,38 @@ async def test_labelling_on_a_ray_cluster_equals_labelling_in_process(
             await label(tmp_path, fresh, ray_cluster, catalog, spec)
     finally:
         await catalog.aclose()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the cluster extra")
+def test_a_ray_client_server_that_dies_starting_is_tried_again_other_failures_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from llmforge.core import dispatch
+
+    failures = [
+        RuntimeError(
+            "Initialization failure from server: RuntimeError: Starting Ray client "
+            "server failed. See ray_client_server_23000.err for detailed logs."
+        )
+    ]
+    tries: list[str] = []
+
+    def init(address: str, **_: object) -> None:
+        tries.append(address)
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(dispatch.time, "sleep", lambda _s: None)
+    executor = dispatch.RayExecutor("ray://127.0.0.1:10001")
+    executor._connect()
+    assert tries == ["ray://127.0.0.1:10001"] * 2 and executor._connected
+
+    failures.append(ConnectionError("ray client connection timeout"))
+    tries.clear()
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster"):
+        dispatch.RayExecutor("ray://127.0.0.1:10001")._connect()
+    assert len(tries) == 1

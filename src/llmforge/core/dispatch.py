@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +41,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 LOCAL = "local"
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # Ray Client's per-client server
+CLIENT_SERVER_TRIES = 3
 
 
 class Executor(Protocol):
@@ -137,19 +140,27 @@ class RayExecutor:
             return
         import ray
 
-        try:
-            ray.init(
-                address=self.address,
-                ignore_reinit_error=True,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(
-                f"executor: cannot reach the Ray cluster at '{self.address}' ({e}). Start one "
-                "(`ray start --head`) and give its address as ray://host:10001 (Ray Client) or "
-                "auto (a cluster on this machine)."
-            ) from None
+        for attempt in range(1, CLIENT_SERVER_TRIES + 1):
+            try:
+                ray.init(
+                    address=self.address,
+                    ignore_reinit_error=True,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
+                break
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                # the cluster answered, but the server it starts for this client died starting
+                # (seen on a busy 2-core machine): a transient failure, tried again
+                if CLIENT_SERVER_FAILED in str(e) and attempt < CLIENT_SERVER_TRIES:
+                    ray.shutdown()
+                    time.sleep(2.0 * attempt)
+                    continue
+                raise ConfigError(
+                    f"executor: cannot reach the Ray cluster at '{self.address}' ({e}). Start "
+                    "one (`ray start --head`) and give its address as ray://host:10001 (Ray "
+                    "Client) or auto (a cluster on this machine)."
+                ) from None
         self._task = ray.remote(_run)
         self._connected = True
 
