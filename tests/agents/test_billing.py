@@ -132,3 +132,19 @@ def test_a_step_over_the_keys_rate_limit_waits_then_gives_up_after_a_few_tries(
     assert time.monotonic() - started >= (agents.RATE_LIMIT_TRIES - 1) * 0.2
     assert done["status"] == "failed" and "one-a-minute" in done["stop_reason"]
     assert keyed.fake.calls == 1  # the first step ran; the second never got past the limit
+
+
+def test_a_key_may_not_start_an_agent_on_a_model_outside_its_scope(keyed: Keyed) -> None:
+    keyed.fake.reset()
+    made = keyed.admin("POST", "/admin/keys", name="helper-only", models=["helper"])
+    r = httpx.post(
+        f"{keyed.base}/v1/agents/calc/runs",
+        json={"input": "1+1?"},
+        headers={"Authorization": f"Bearer {made['key']}"},
+        timeout=30,
+    )
+    assert r.status_code == 403, r.text
+    assert "may not use model 'gpt'" in r.json()["error"]["message"]
+    assert keyed.fake.calls == 0
+    runs = keyed.admin("GET", "/v1/agents/calc/runs")["data"]
+    assert all(run.get("key_id") != made["id"] for run in runs)

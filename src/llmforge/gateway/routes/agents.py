@@ -259,6 +259,13 @@ async def get_agent(ctx: Ctx, name: str) -> Response:
 @router.post("/v1/agents/{name}/runs")
 async def start_run(ctx: Ctx, caller: Authenticated, name: str, body: RunRequest) -> Response:
     runtime = runtime_of(ctx)
+    if caller is not None and caller.models is not None:  # refused now, not at its first step
+        model = (await runtime.definition(name)).model
+        if model not in caller.models:
+            raise PermissionDeniedError(
+                f"Key '{caller.name}' may not use model '{model}', which agent '{name}' runs "
+                f"on; it may use {', '.join(caller.models)}."
+            )
     user = body.user or (caller.key_id if caller is not None and not caller.master else None)
     run = await runtime.start_run(
         name,
