@@ -356,12 +356,7 @@ class KeyAdmission:
         caller = call.caller
         if caller is None or caller.master:
             return
-        if caller.models is not None and call.model not in caller.models:
-            raise PermissionDeniedError(
-                f"Key '{caller.name}' may not use model '{call.model}'; it may use "
-                f"{', '.join(caller.models)}. Create a key whose --models include it.",
-                param="model",
-            )
+        check_scope(caller, call.model)
         gone = asyncio.Event()  # set when our caller leaves: a reservation stops waiting
         await self._shielded(
             self._admit(call, caller, gone),
@@ -671,3 +666,14 @@ def _caller(key: ApiKey) -> Caller:
         tpm=key.tpm,
         budget_usd=key.budget_usd,
     )
+
+
+def check_scope(caller: Caller | None, model: str) -> None:
+    """PermissionDeniedError when the caller's key may not use `model` (no key, the master key
+    and keys without a model list may use any)."""
+    if caller is not None and caller.models is not None and model not in caller.models:
+        raise PermissionDeniedError(
+            f"Key '{caller.name}' may not use model '{model}'; it may use "
+            f"{', '.join(caller.models)}. Create a key whose --models include it.",
+            param="model",
+        )

@@ -44,7 +44,7 @@ from llmforge.core.errors import (
     RateLimitError,
 )
 from llmforge.core.types import Message, Sampling
-from llmforge.gateway.admission import KeyAdmission
+from llmforge.gateway.admission import KeyAdmission, check_scope
 from llmforge.gateway.call import Call, Caller
 from llmforge.gateway.context import AppContext, Authenticated, Ctx, api_router, authenticate
 from llmforge.gateway.replies import STREAM_HEADERS, json_response
@@ -260,12 +260,7 @@ async def get_agent(ctx: Ctx, name: str) -> Response:
 async def start_run(ctx: Ctx, caller: Authenticated, name: str, body: RunRequest) -> Response:
     runtime = runtime_of(ctx)
     if caller is not None and caller.models is not None:  # refused now, not at its first step
-        model = (await runtime.definition(name)).model
-        if model not in caller.models:
-            raise PermissionDeniedError(
-                f"Key '{caller.name}' may not use model '{model}', which agent '{name}' runs "
-                f"on; it may use {', '.join(caller.models)}."
-            )
+        check_scope(caller, (await runtime.definition(name)).model)
     user = body.user or (caller.key_id if caller is not None and not caller.master else None)
     run = await runtime.start_run(
         name,
